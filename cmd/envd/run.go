@@ -1,0 +1,85 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"time"
+
+	"golang.org/x/term"
+
+	"github.com/envd-go/envd/internal/cgroups"
+	"github.com/envd-go/envd/internal/filesystem"
+	"github.com/envd-go/envd/internal/host"
+	"github.com/envd-go/envd/internal/pid1"
+	"github.com/envd-go/envd/internal/process"
+	"github.com/envd-go/envd/internal/server"
+	"github.com/envd-go/envd/internal/state"
+)
+
+type config struct {
+	Port       int64
+	IsNotFC    bool
+	Cmd        string
+	CgroupRoot string
+	NoCgroups  bool
+	Verbose    bool
+	Health204  bool
+}
+
+func newLogger(cfg config) *slog.Logger {
+	var w io.Writer = io.Discard
+	level := slog.LevelDebug
+	if cfg.Verbose || cfg.IsNotFC {
+		w = os.Stdout
+	} else {
+		w, level = os.Stderr, slog.LevelWarn
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+func run(ctx context.Context, cfg config) error {
+	log := newLogger(cfg)
+	st := state.New()
+	sandbox := "true"
+	if cfg.IsNotFC {
+		sandbox = "false"
+	}
+	st.SetInternalEnv("E2B_SANDBOX", sandbox)
+	st.SetInternalEnv("WRENN_SANDBOX", sandbox)
+
+	reaper := pid1.NewReaper(os.Getpid() == 1)
+	defer reaper.Close()
+
+	sampler := host.NewCPUSampler(time.Second)
+	sampler.Start()
+	defer sampler.Stop()
+
+	var cg cgroups.Manager = cgroups.Noop{}
+
+	procs := process.New(process.Options{State: st, Reaper: reaper, Cgroups: cg, Logger: log})
+	fs := filesystem.New(filesystem.Options{State: st, Logger: log})
+
+	h := server.Handler(server.Deps{
+		Version:         version,
+		HealthNoContent: cfg.Health204,
+		State:           st,
+		Sampler:         sampler,
+		Logger:          log,
+		Process:         procs,
+		Filesystem:      fs,
+	})
+	ln, err := net.Listen("tcp", fmt.Sprintf("0.0.0.0:%d", cfg.Port))
+	if err != nil {
+		return fmt.Errorf("listen on port %d: %w", cfg.Port, err)
+	}
+	log.Info("envd listening", "port", cfg.Port, "version", version)
+	return server.Serve(ctx, server.New(h, nil), ln, 5*time.Second)
+}
