@@ -42,6 +42,8 @@ type Deps struct {
 	Routes []Route
 	// OnHealth runs before /health answers (restore detection).
 	OnHealth func(r *http.Request)
+	// WriteStall bounds one blocked write to a client (DefaultWriteStall if 0).
+	WriteStall time.Duration
 }
 
 // Route is one REST pattern in net/http ServeMux syntax ("POST /init").
@@ -50,7 +52,8 @@ type Route struct {
 	Handler http.Handler
 }
 
-// Handler returns the full handler: CORS → token check → router.
+// Handler returns the full handler: write deadlines → CORS → token check →
+// router.
 func Handler(d Deps) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /health", func(w http.ResponseWriter, r *http.Request) {
@@ -87,7 +90,11 @@ func Handler(d Deps) http.Handler {
 	for _, rt := range d.Routes {
 		mux.Handle(rt.Pattern, rt.Handler)
 	}
-	return withCORS(auth.RequireToken(d.State, mux))
+	stall := d.WriteStall
+	if stall <= 0 {
+		stall = DefaultWriteStall
+	}
+	return withWriteDeadline(withCORS(auth.RequireToken(d.State, mux)), stall)
 }
 
 func writeJSON(w http.ResponseWriter, v any) {
