@@ -4,7 +4,6 @@
 package state
 
 import (
-	"crypto/subtle"
 	"maps"
 	"sync"
 )
@@ -26,8 +25,7 @@ type State struct {
 	defaultWorkdir string
 	internalEnv    map[string]string
 	userEnv        map[string]string
-	token          []byte
-	hasToken       bool
+	token          secret
 }
 
 // New returns a State with default user root, no workdir and no token.
@@ -100,23 +98,19 @@ func (s *State) Env() map[string]string {
 	return out
 }
 
-// SetToken sets the access token; a nil token clears it.
+// SetToken sets the access token; a nil token clears it. The previous
+// token's bytes are zeroed. The caller may wipe token afterwards.
 func (s *State) SetToken(token []byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	clear(s.token)
-	if token == nil {
-		s.token, s.hasToken = nil, false
-		return
-	}
-	s.token, s.hasToken = append([]byte(nil), token...), true
+	s.token.store(token)
 }
 
 // HasToken reports whether an access token is set.
 func (s *State) HasToken() bool {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return s.hasToken
+	return s.token.set
 }
 
 // TokenEquals compares candidate with the token in constant time. It is
@@ -124,13 +118,26 @@ func (s *State) HasToken() bool {
 func (s *State) TokenEquals(candidate []byte) bool {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return s.hasToken && subtle.ConstantTimeCompare(s.token, candidate) == 1
+	return s.token.equals(candidate)
+}
+
+// TokenLocked reports whether the token is held in locked memory that core
+// dumps leave out (false when unset or when mmap was unavailable).
+func (s *State) TokenLocked() bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.token.locked()
 }
 
 // WithToken calls f with the token bytes (nil when unset) while holding the
-// read lock, so callers such as the URL signer never keep a copy.
+// read lock, so callers such as the URL signer never keep a copy. f must
+// not retain token.
 func (s *State) WithToken(f func(token []byte, ok bool)) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	f(s.token, s.hasToken)
+	if !s.token.set {
+		f(nil, false)
+		return
+	}
+	f(s.token.buf, true)
 }
