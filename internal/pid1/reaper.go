@@ -64,6 +64,18 @@ func (r *Reaper) Start(start func() (int, error)) (int, <-chan unix.WaitStatus, 
 	return pid, ch, nil
 }
 
+// Children returns the pids registered through Start that have not been
+// reaped yet.
+func (r *Reaper) Children() []int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	pids := make([]int, 0, len(r.waiters))
+	for pid := range r.waiters {
+		pids = append(pids, pid)
+	}
+	return pids
+}
+
 // Close stops the reaper goroutine. Registered waiters never receive a status.
 func (r *Reaper) Close() {
 	signal.Stop(r.sigs)
