@@ -1,0 +1,64 @@
+package host
+
+import (
+	"errors"
+	"testing"
+	"time"
+)
+
+func TestClockNeedsStep(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	for _, c := range []struct {
+		target time.Duration // target - now
+		want   bool
+	}{
+		{0, false},
+		{50 * time.Millisecond, false},
+		{50*time.Millisecond + 1, true},
+		{time.Hour, true},
+		{-5 * time.Second, false},
+		{-5*time.Second - 1, true},
+		{-time.Second, false},
+	} {
+		if got := ClockNeedsStep(now, now.Add(c.target)); got != c.want {
+			t.Errorf("guest %v behind: got %v, want %v", c.target, got, c.want)
+		}
+	}
+}
+
+func TestClockSyncTo(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	var set []time.Time
+	c := Clock{Now: func() time.Time { return now }, Set: func(t time.Time) error { set = append(set, t); return nil }}
+	if stepped, err := c.SyncTo(now.Add(10 * time.Millisecond)); stepped || err != nil {
+		t.Fatalf("small drift stepped: %v %v", stepped, err)
+	}
+	target := now.Add(3 * time.Minute)
+	if stepped, err := c.SyncTo(target); !stepped || err != nil || len(set) != 1 || !set[0].Equal(target) {
+		t.Fatalf("stale clock not stepped: %v %v %v", stepped, err, set)
+	}
+	c.Set = func(time.Time) error { return errors.New("EPERM") }
+	if stepped, err := c.SyncTo(target); !stepped || err == nil {
+		t.Fatal("set error not reported")
+	}
+}
+
+// TestSetRealtime steps the real clock 2 s ahead and restores it from the
+// monotonic clock right away (we run as root; the step lasts microseconds).
+func TestSetRealtime(t *testing.T) {
+	start := time.Now()
+	if err := SetRealtime(start.Add(2 * time.Second)); err != nil {
+		t.Fatalf("SetRealtime: %v", err)
+	}
+	wall := time.Now().Round(0) // strip the monotonic reading
+	restoreErr := SetRealtime(start.Add(time.Since(start)))
+	if restoreErr != nil {
+		t.Fatalf("restore clock: %v", restoreErr)
+	}
+	if skew := wall.Sub(start.Round(0)); skew < 2*time.Second || skew > 12*time.Second {
+		t.Fatalf("after stepping +2s the wall clock moved by %v", skew)
+	}
+	if d := time.Now().Round(0).Sub(start.Round(0)) - time.Since(start); d > time.Second || d < -time.Second {
+		t.Fatalf("clock not restored: off by %v", d)
+	}
+}
