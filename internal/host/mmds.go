@@ -206,7 +206,7 @@ type Poller struct {
 
 	mu       sync.Mutex
 	running  bool
-	gen      uint64 // bumped by every Poll, so a fetch that began before a request does not satisfy it
+	gen      uint64    // bumped by every Poll, so a fetch that began before a request does not satisfy it
 	deadline time.Time // zero: poll until success
 	closed   bool
 	stop     chan struct{}
