@@ -12,6 +12,7 @@ package fsuser
 import (
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
 	"unsafe"
 
@@ -144,4 +145,63 @@ func setfs(trap uintptr, id uint32) error {
 		return fmt.Errorf("id is %d, want %d", uint32(cur), id)
 	}
 	return nil
+}
+
+// ErrNotDir reports a path component that exists but is not a directory.
+var ErrNotDir = errors.New("path is a file")
+
+// MkdirAll creates dir and its missing parents (mode 0755, umask applies)
+// and chowns each directory it created to uid:gid; existing directories are
+// left alone. Call it inside Do so the kernel checks the user's rights. It
+// reports whether dir itself was created.
+func MkdirAll(dir string, uid, gid uint32) (bool, error) {
+	var st unix.Stat_t
+	err := unix.Stat(dir, &st)
+	if err == nil {
+		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+			return false, fmt.Errorf("%w: %s", ErrNotDir, dir)
+		}
+		return false, nil
+	}
+	if !errors.Is(err, unix.ENOENT) {
+		return false, &os.PathError{Op: "stat", Path: dir, Err: err}
+	}
+	if parent := parentDir(dir); parent != dir {
+		if _, err := MkdirAll(parent, uid, gid); err != nil {
+			return false, err
+		}
+	}
+	if err := unix.Mkdir(dir, 0o755); err != nil {
+		if errors.Is(err, unix.EEXIST) {
+			// Lost a race with another creator: fine if it is a directory.
+			if serr := unix.Stat(dir, &st); serr == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
+				return false, nil
+			}
+			return false, fmt.Errorf("%w: %s", ErrNotDir, dir)
+		}
+		return false, &os.PathError{Op: "mkdir", Path: dir, Err: err}
+	}
+	// Only the group can differ from what the kernel set (setgid parents);
+	// the owner may always give a file to one of its own groups.
+	if err := unix.Lchown(dir, int(uid), int(gid)); err != nil {
+		return true, &os.PathError{Op: "chown", Path: dir, Err: err}
+	}
+	return true, nil
+}
+
+func parentDir(p string) string {
+	i := len(p) - 1
+	for i > 0 && p[i] == '/' {
+		i--
+	}
+	for i >= 0 && p[i] != '/' {
+		i--
+	}
+	for i > 0 && p[i] == '/' {
+		i--
+	}
+	if i < 0 {
+		return "."
+	}
+	return p[:i+1]
 }
