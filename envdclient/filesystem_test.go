@@ -88,7 +88,10 @@ func TestFilesystemErrors(t *testing.T) {
 		{"mkdir existing", func() error { _, err := c.MakeDir(ctx, dir); return err }, envdclient.ErrAlreadyExists},
 		{"mkdir over file", func() error { _, err := c.MakeDir(ctx, file); return err }, envdclient.ErrInvalidArgument},
 		{"move missing", func() error { _, err := c.Move(ctx, filepath.Join(dir, "nope"), filepath.Join(dir, "x")); return err }, envdclient.ErrNotFound},
-		{"watch missing", func() error { _, err := c.Watch(ctx, filepath.Join(dir, "nope"), envdclient.WatchOptions{}); return err }, envdclient.ErrNotFound},
+		{"watch missing", func() error {
+			_, err := c.Watch(ctx, filepath.Join(dir, "nope"), envdclient.WatchOptions{})
+			return err
+		}, envdclient.ErrNotFound},
 		{"watch a file", func() error { _, err := c.Watch(ctx, file, envdclient.WatchOptions{}); return err }, envdclient.ErrInvalidArgument},
 		{"poll unknown watcher", func() error { _, err := c.WatcherEvents(ctx, "nope"); return err }, envdclient.ErrNotFound},
 		{"remove unknown watcher", func() error { return c.RemoveWatcher(ctx, "nope") }, envdclient.ErrNotFound},

@@ -394,4 +394,3 @@ func (n *notifyWriter) Write(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
-
