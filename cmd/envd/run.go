@@ -12,6 +12,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/envd-go/envd/internal/cgroups"
+	"github.com/envd-go/envd/internal/files"
 	"github.com/envd-go/envd/internal/filesystem"
 	"github.com/envd-go/envd/internal/host"
 	"github.com/envd-go/envd/internal/pid1"
@@ -66,6 +67,7 @@ func run(ctx context.Context, cfg config) error {
 
 	procs := process.New(process.Options{State: st, Reaper: reaper, Cgroups: cg, Logger: log})
 	fs := filesystem.New(filesystem.Options{State: st, Logger: log})
+	fileRoutes := files.New(files.Options{State: st, Logger: log}).Routes()
 
 	h := server.Handler(server.Deps{
 		Version:         version,
@@ -75,6 +77,7 @@ func run(ctx context.Context, cfg config) error {
 		Logger:          log,
 		Process:         procs,
 		Filesystem:      fs,
+		Routes:          fileRoutes,
 	})
 	ln, err := net.Listen("tcp", fmt.Sprintf("0.0.0.0:%d", cfg.Port))
 	if err != nil {
