@@ -4,13 +4,13 @@
 import assert from 'node:assert/strict'
 import { createHash, randomBytes } from 'node:crypto'
 import { createReadStream } from 'node:fs'
-import { lstat, readFile, rm, symlink } from 'node:fs/promises'
+import { chown, lstat, mkdir, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises'
 import path from 'node:path'
 import { after, describe, test } from 'node:test'
 
 import { FileNotFoundError, InvalidArgumentError } from 'e2b'
 
-import { Collector, SANDBOX_HOME, SANDBOX_USER, TEST_TIMEOUT_MS, requireInit, uniquePath, useEnvd } from './harness.mjs'
+import { Collector, SANDBOX_HOME, SANDBOX_USER, TEST_TIMEOUT_MS, host, requireInit, uniquePath, useEnvd } from './harness.mjs'
 
 const ctx = useEnvd({ init: { defaultUser: SANDBOX_USER } })
 const opts = { timeout: TEST_TIMEOUT_MS }
@@ -23,6 +23,21 @@ after(async () => {
 
 /** A fresh directory path under root (not created). */
 const fresh = (name = 'd') => uniquePath(root, name)
+
+/**
+ * Writes files directly on disk (envd runs on this machine), owned by the
+ * sandbox user, so tests of the Filesystem RPCs do not depend on /files.
+ */
+async function fixture(dir, files) {
+  const uid = Number((await host('id', ['-u', SANDBOX_USER])).trim())
+  const gid = Number((await host('id', ['-g', SANDBOX_USER])).trim())
+  for (const [rel, data] of Object.entries(files)) {
+    const p = path.posix.join(dir, rel)
+    await mkdir(path.posix.dirname(p), { recursive: true })
+    await writeFile(p, data)
+    await chown(p, uid, gid)
+  }
+}
 
 async function rejection(p) {
   try {
@@ -119,6 +134,9 @@ describe('files.write and files.read', () => {
     assert.deepEqual((await ctx.sbx.files.getInfo(p)).metadata, { author: 'mish', kind: 'note' })
     const [entry] = await ctx.sbx.files.list(dir)
     assert.deepEqual(entry.metadata, { author: 'mish', kind: 'note' })
+    const moved = await ctx.sbx.files.rename(p, `${dir}/moved.txt`)
+    assert.deepEqual(moved.metadata, { author: 'mish', kind: 'note' }, 'metadata travels with rename')
+    await ctx.sbx.files.rename(`${dir}/moved.txt`, p)
     await ctx.sbx.files.write(p, 'm2')
     assert.equal((await ctx.sbx.files.getInfo(p)).metadata, undefined, 'upload without metadata clears it')
   })
@@ -178,13 +196,7 @@ describe('writeFiles', () => {
 describe('list, makeDir, exists, remove, rename, getInfo', () => {
   test('list with depth 1 and 2 is lexical and depth-first', opts, async () => {
     const dir = fresh()
-    await ctx.sbx.files.writeFiles([
-      { path: `${dir}/file1.txt`, data: '1' },
-      { path: `${dir}/subdir1/b`, data: 'b' },
-      { path: `${dir}/subdir1/a`, data: 'a' },
-      { path: `${dir}/subdir1/deep/x`, data: 'x' },
-      { path: `${dir}/subdir2/a`, data: 'a' },
-    ])
+    await fixture(dir, { 'file1.txt': '1', 'subdir1/b': 'b', 'subdir1/a': 'a', 'subdir1/deep/x': 'x', 'subdir2/a': 'a' })
     const one = await ctx.sbx.files.list(dir)
     assert.deepEqual(
       one.map((e) => [e.name, e.type, e.path]),
@@ -208,14 +220,14 @@ describe('list, makeDir, exists, remove, rename, getInfo', () => {
     const dir = fresh()
     const err = await rejection(ctx.sbx.files.list(dir))
     assert.ok(err instanceof FileNotFoundError, `got ${err?.constructor?.name}: ${err?.message}`)
-    await ctx.sbx.files.write(`${dir}/f`, 'f')
+    await fixture(dir, { f: 'f' })
     const err2 = await rejection(ctx.sbx.files.list(`${dir}/f`))
     assert.ok(err2 instanceof InvalidArgumentError, `got ${err2?.constructor?.name}: ${err2?.message}`)
   })
 
   test('list through a symlinked directory reports the requested path', opts, async () => {
     const dir = fresh()
-    await ctx.sbx.files.write(`${dir}/real/inside.txt`, 'i')
+    await fixture(dir, { 'real/inside.txt': 'i' })
     await symlink(`${dir}/real`, `${dir}/link`)
     const entries = await ctx.sbx.files.list(`${dir}/link`)
     assert.deepEqual(
@@ -234,7 +246,7 @@ describe('list, makeDir, exists, remove, rename, getInfo', () => {
 
   test('makeDir over a file is rejected', opts, async () => {
     const dir = fresh()
-    await ctx.sbx.files.write(`${dir}/f`, 'f')
+    await fixture(dir, { f: 'f' })
     const err = await rejection(ctx.sbx.files.makeDir(`${dir}/f`))
     assert.ok(err instanceof InvalidArgumentError, `got ${err?.constructor?.name}: ${err?.message}`)
   })
@@ -269,14 +281,14 @@ describe('list, makeDir, exists, remove, rename, getInfo', () => {
     assert.equal(info.group, SANDBOX_USER)
     assert.equal(info.symlinkTarget, undefined)
     assert.ok(info.modifiedTime instanceof Date)
-    const st = await lstat(p)
-    assert.equal(info.modifiedTime.getTime(), Math.floor(st.mtimeMs))
+    const st = await lstat(p, { bigint: true })
+    assert.equal(info.modifiedTime.getTime(), Number(st.mtimeNs / 1_000_000n))
     assert.ok(info.modifiedTime.getTime() >= before - 2_000)
   })
 
   test('symlink info: type of the target, resolved symlinkTarget, L permissions', opts, async () => {
     const dir = fresh()
-    await ctx.sbx.files.write(`${dir}/target.txt`, 't')
+    await fixture(dir, { 'target.txt': 't' })
     await symlink('target.txt', `${dir}/link.txt`)
     const info = await ctx.sbx.files.getInfo(`${dir}/link.txt`)
     assert.equal(info.type, 'file')
@@ -289,7 +301,7 @@ describe('list, makeDir, exists, remove, rename, getInfo', () => {
   test('exists for files, directories and missing paths', opts, async () => {
     const dir = fresh()
     assert.equal(await ctx.sbx.files.exists(dir), false)
-    await ctx.sbx.files.write(`${dir}/f`, 'f')
+    await fixture(dir, { f: 'f' })
     assert.equal(await ctx.sbx.files.exists(dir), true)
     assert.equal(await ctx.sbx.files.exists(`${dir}/f`), true)
     assert.equal(await ctx.sbx.files.exists(`${dir}/g`), false)
@@ -302,11 +314,7 @@ describe('list, makeDir, exists, remove, rename, getInfo', () => {
 
   test('remove deletes files and whole trees; missing is fine', opts, async () => {
     const dir = fresh()
-    await ctx.sbx.files.writeFiles([
-      { path: `${dir}/keep`, data: 'k' },
-      { path: `${dir}/tree/a/b`, data: 'b' },
-      { path: `${dir}/f`, data: 'f' },
-    ])
+    await fixture(dir, { keep: 'k', 'tree/a/b': 'b', f: 'f' })
     await ctx.sbx.files.remove(`${dir}/f`)
     assert.equal(await ctx.sbx.files.exists(`${dir}/f`), false)
     await ctx.sbx.files.remove(`${dir}/tree`)
@@ -320,18 +328,18 @@ describe('list, makeDir, exists, remove, rename, getInfo', () => {
 
   test('rename moves files and directories, creating parents', opts, async () => {
     const dir = fresh()
-    await ctx.sbx.files.write(`${dir}/old.txt`, 'moved content', { metadata: { tag: 'keep' } })
+    await fixture(dir, { 'old.txt': 'moved content' })
     const info = await ctx.sbx.files.rename(`${dir}/old.txt`, `${dir}/new/place/new.txt`)
     assert.equal(info.name, 'new.txt')
     assert.equal(info.path, `${dir}/new/place/new.txt`)
     assert.equal(info.type, 'file')
-    assert.deepEqual(info.metadata, { tag: 'keep' })
+    assert.equal(info.size, 'moved content'.length)
     assert.equal(await ctx.sbx.files.exists(`${dir}/old.txt`), false)
-    assert.equal(await ctx.sbx.files.read(`${dir}/new/place/new.txt`), 'moved content')
+    assert.equal(await readFile(`${dir}/new/place/new.txt`, 'utf8'), 'moved content')
 
     const d = await ctx.sbx.files.rename(`${dir}/new`, `${dir}/renamed`)
     assert.equal(d.type, 'dir')
-    assert.equal(await ctx.sbx.files.read(`${dir}/renamed/place/new.txt`), 'moved content')
+    assert.equal(await readFile(`${dir}/renamed/place/new.txt`, 'utf8'), 'moved content')
   })
 
   test('rename of a missing source is FileNotFoundError', opts, async () => {
@@ -355,13 +363,14 @@ describe('watchDir', () => {
     await ctx.sbx.files.makeDir(dir)
     const { handle, events } = await watch(dir)
     try {
-      await ctx.sbx.files.write(`${dir}/a.txt`, 'one')
+      // Changes are made on disk directly: the watch is what is under test.
+      await writeFile(`${dir}/a.txt`, 'one')
       await events.until(has('a.txt', 'create'), 'create a.txt')
       await events.until(has('a.txt', 'write'), 'write a.txt')
-      await ctx.sbx.files.rename(`${dir}/a.txt`, `${dir}/b.txt`)
+      await rename(`${dir}/a.txt`, `${dir}/b.txt`)
       await events.until(has('a.txt', 'rename'), 'rename a.txt')
       await events.until(has('b.txt', 'create'), 'create b.txt')
-      await ctx.sbx.files.remove(`${dir}/b.txt`)
+      await rm(`${dir}/b.txt`)
       await events.until(has('b.txt', 'remove'), 'remove b.txt')
     } finally {
       await handle.stop()
@@ -373,7 +382,7 @@ describe('watchDir', () => {
     await ctx.sbx.files.makeDir(dir)
     const { handle, events } = await watch(dir, { includeEntry: true })
     try {
-      await ctx.sbx.files.write(`${dir}/e.txt`, 'entry')
+      await writeFile(`${dir}/e.txt`, 'entry')
       await events.until(has('e.txt', 'write'), 'write e.txt')
       const ev = events.items.find((e) => e.name === 'e.txt' && e.type === 'write')
       assert.ok(ev.entry, 'write event carries entry')
@@ -390,12 +399,12 @@ describe('watchDir', () => {
     await ctx.sbx.files.makeDir(`${dir}/sub`)
     const { handle, events } = await watch(dir, { recursive: true })
     try {
-      await ctx.sbx.files.write(`${dir}/sub/x.txt`, 'x')
+      await writeFile(`${dir}/sub/x.txt`, 'x')
       await events.until(has('sub/x.txt', 'write'), 'write sub/x.txt')
       await ctx.sbx.files.makeDir(`${dir}/new/deeper`)
       await events.until(has('new', 'create'), 'create new')
       await events.until(has('new/deeper', 'create'), 'create new/deeper')
-      await ctx.sbx.files.write(`${dir}/new/deeper/y.txt`, 'y')
+      await writeFile(`${dir}/new/deeper/y.txt`, 'y')
       await events.until(has('new/deeper/y.txt', 'create'), 'create new/deeper/y.txt')
     } finally {
       await handle.stop()
@@ -407,10 +416,10 @@ describe('watchDir', () => {
     await ctx.sbx.files.makeDir(`${dir}/sub`)
     const { handle, events } = await watch(dir)
     try {
-      await ctx.sbx.files.write(`${dir}/sub/hidden.txt`, 'h')
+      await writeFile(`${dir}/sub/hidden.txt`, 'h')
       // A later top-level event proves the nested write was processed first
       // (inotify events of one watcher arrive in order).
-      await ctx.sbx.files.write(`${dir}/marker`, 'm')
+      await writeFile(`${dir}/marker`, 'm')
       await events.until(has('marker', 'create'), 'create marker')
       assert.ok(!events.items.some((e) => e.name.includes('hidden')), JSON.stringify(events.items))
     } finally {
@@ -422,7 +431,7 @@ describe('watchDir', () => {
     const dir = fresh()
     const err = await rejection(ctx.sbx.files.watchDir(dir, () => {}))
     assert.ok(err instanceof FileNotFoundError, `got ${err?.constructor?.name}: ${err?.message}`)
-    await ctx.sbx.files.write(`${dir}/f`, 'f')
+    await fixture(dir, { f: 'f' })
     const err2 = await rejection(ctx.sbx.files.watchDir(`${dir}/f`, () => {}))
     assert.ok(err2 instanceof InvalidArgumentError, `got ${err2?.constructor?.name}: ${err2?.message}`)
   })
