@@ -21,6 +21,7 @@ import (
 	"github.com/envd-go/envd/internal/auth"
 	"github.com/envd-go/envd/internal/host"
 	"github.com/envd-go/envd/internal/state"
+	"github.com/envd-go/envd/internal/writectl"
 )
 
 // IdleTimeout exceeds the upstream proxy's idle timeout, as in e2b.
@@ -85,7 +86,9 @@ func Handler(d Deps) http.Handler {
 		mux.Handle(processconnect.NewProcessHandler(d.Process, opts...))
 	}
 	if d.Filesystem != nil {
-		mux.Handle(filesystemconnect.NewFilesystemHandler(d.Filesystem, opts...))
+		// writectl: WatchDir bounds each stream send with a write deadline.
+		path, h := filesystemconnect.NewFilesystemHandler(d.Filesystem, opts...)
+		mux.Handle(path, writectl.Wrap(h))
 	}
 	for _, rt := range d.Routes {
 		mux.Handle(rt.Pattern, rt.Handler)
