@@ -15,6 +15,7 @@ import (
 	"github.com/envd-go/envd/internal/files"
 	"github.com/envd-go/envd/internal/filesystem"
 	"github.com/envd-go/envd/internal/host"
+	"github.com/envd-go/envd/internal/lifecycle"
 	"github.com/envd-go/envd/internal/pid1"
 	"github.com/envd-go/envd/internal/process"
 	"github.com/envd-go/envd/internal/server"
@@ -48,6 +49,10 @@ func newLogger(cfg config) *slog.Logger {
 
 func run(ctx context.Context, cfg config) error {
 	log := newLogger(cfg)
+	pid1.SetDefaultPath()
+	if pid1.IsPID1() {
+		_ = pid1.Boot(log, "/lib/modules") // logs what failed; serve anyway
+	}
 	st := state.New()
 	sandbox := "true"
 	if cfg.IsNotFC {
@@ -58,10 +63,17 @@ func run(ctx context.Context, cfg config) error {
 
 	reaper := pid1.NewReaper(os.Getpid() == 1)
 	defer reaper.Close()
+	// Runs before reaper.Close: children are signalled and reaped; as PID 1
+	// this powers off instead of returning.
+	defer pid1.Shutdown(log, reaper, 5*time.Second)
 
 	sampler := host.NewCPUSampler(time.Second)
 	sampler.Start()
 	defer sampler.Stop()
+
+	conns := lifecycle.NewConnTracker()
+	snap := lifecycle.NewSnapshot(lifecycle.SnapshotOptions{Tracker: conns, Sampler: sampler, Logger: log})
+	defer snap.Close()
 
 	var cg cgroups.Manager = cgroups.Noop{}
 
@@ -77,12 +89,15 @@ func run(ctx context.Context, cfg config) error {
 		Logger:          log,
 		Process:         procs,
 		Filesystem:      fs,
-		Routes:          fileRoutes,
+		Routes:          append(snap.Routes(), fileRoutes...),
+		OnHealth:        snap.OnHealth,
 	})
 	ln, err := net.Listen("tcp", fmt.Sprintf("0.0.0.0:%d", cfg.Port))
 	if err != nil {
 		return fmt.Errorf("listen on port %d: %w", cfg.Port, err)
 	}
 	log.Info("envd listening", "port", cfg.Port, "version", version)
-	return server.Serve(ctx, server.New(h, nil), ln, 5*time.Second)
+	srv := server.New(h, conns.ConnState)
+	snap.SetServer(srv)
+	return server.Serve(ctx, srv, ln, 5*time.Second)
 }

@@ -256,6 +256,9 @@ type DebugInfo struct {
 	Pending    bool `json:"pending"`
 	FDs        int  `json:"fds"`
 	Goroutines int  `json:"goroutines"`
+	// NowUnixNano is the guest wall clock when the answer was built, for
+	// skew checks against the host.
+	NowUnixNano int64 `json:"nowUnixNano"`
 }
 
 // Debug returns the current connection and restore counters.
@@ -265,6 +268,7 @@ func (s *Snapshot) Debug() DebugInfo {
 	s.mu.Unlock()
 	d.ConnStats = s.opts.Tracker.Stats()
 	d.Goroutines = runtime.NumGoroutine()
+	d.NowUnixNano = time.Now().UnixNano()
 	if ents, err := os.ReadDir("/proc/self/fd"); err == nil {
 		d.FDs = len(ents) - 1 // minus ReadDir's own fd
 	}
