@@ -112,9 +112,8 @@ func (h *Handler) Download(w http.ResponseWriter, r *http.Request) {
 	hdr.Set("Content-Encoding", "gzip")
 	hdr.Del("Content-Length")
 	w.WriteHeader(http.StatusOK)
-	if r.Method == http.MethodHead {
-		return
-	}
+	// Headers out now: the body is chunked, never a Content-Length.
+	http.NewResponseController(w).Flush()
 	if err := sendGzip(w, f); err != nil {
 		// Headers are out; the client sees a truncated gzip stream.
 		h.opts.Logger.Debug("gzip download aborted", "path", p, "error", err)

@@ -191,7 +191,7 @@ func (up *upload) file(reqPath string, src io.Reader, readPrefix string) error {
 		tmpPath string
 	)
 	err = fsuser.Do(creds, func() error {
-		if _, err := fsuser.MkdirAll(filepath.Dir(p), u.UID, u.GID); err != nil {
+		if _, err := fsuser.MkdirAll(rawDir(p), u.UID, u.GID); err != nil {
 			status := osStatus(err)
 			if status == http.StatusBadRequest || errors.Is(err, fsuser.ErrNotDir) {
 				status = http.StatusInternalServerError
@@ -221,7 +221,7 @@ func (up *upload) file(reqPath string, src io.Reader, readPrefix string) error {
 		case !errors.Is(err, unix.ENOENT):
 			return errorf(osStatus(err), "error checking file '%s': %v", p, &os.PathError{Op: "stat", Path: final, Err: err})
 		}
-		tmpPath = filepath.Join(filepath.Dir(final), ".envd-upload-"+randomHex(8)+".tmp")
+		tmpPath = rawDir(final) + "/.envd-upload-" + randomHex(8) + ".tmp"
 		tmp, err = os.OpenFile(tmpPath, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o666)
 		if err != nil {
 			if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT) {
@@ -357,6 +357,20 @@ func (t *tagReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// rawDir strips the last component without cleaning: "a/link/../b" must
+// be resolved by the kernel, as the target itself will be.
+func rawDir(p string) string {
+	p = strings.TrimRight(p, "/")
+	i := strings.LastIndexByte(p, '/')
+	switch {
+	case i < 0:
+		return "."
+	case i == 0:
+		return "/"
+	}
+	return p[:i]
+}
+
 // resolveFinal follows a chain of symlinks at the last component (not in
 // parents) and returns the path the data must go to.
 func resolveFinal(p string) (string, error) {
@@ -369,7 +383,7 @@ func resolveFinal(p string) (string, error) {
 			return "", err
 		}
 		if !filepath.IsAbs(target) {
-			target = filepath.Join(filepath.Dir(p), target)
+			target = rawDir(p) + "/" + target
 		}
 		p = target
 	}
