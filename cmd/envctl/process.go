@@ -87,6 +87,7 @@ func execCmd(g *globals) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
+	f.SetInterspersed(false) // flags after CMD belong to CMD
 	f.StringArrayVarP(&env, "env", "e", nil, "environment variable KEY=VALUE (repeatable)")
 	f.StringVarP(&cwd, "cwd", "w", "", "working directory (default: envd's default workdir or the user's home)")
 	f.StringVar(&tag, "tag", "", "tag the process (for attach/kill --tag)")
@@ -262,6 +263,7 @@ func shellCmd(g *globals) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
+	f.SetInterspersed(false)
 	f.StringArrayVarP(&env, "env", "e", nil, "environment variable KEY=VALUE (repeatable)")
 	f.StringVarP(&cwd, "cwd", "w", "", "working directory")
 	f.StringVar(&tag, "tag", "", "tag of the shell process (default: envctl-shell-<random>)")
