@@ -48,7 +48,7 @@ type envd struct {
 	cmd  *exec.Cmd
 }
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -60,7 +60,7 @@ func freePort(t *testing.T) int {
 
 // startEnvd runs envd -isnotfc on a free port and waits until /health
 // answers. It is stopped in t.Cleanup.
-func startEnvd(t *testing.T) *envd {
+func startEnvd(t testing.TB) *envd {
 	t.Helper()
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
@@ -114,7 +114,7 @@ func startEnvd(t *testing.T) *envd {
 }
 
 // client returns a client for e, closed in t.Cleanup.
-func (e *envd) client(t *testing.T, opts ...envdclient.Option) *envdclient.Client {
+func (e *envd) client(t testing.TB, opts ...envdclient.Option) *envdclient.Client {
 	t.Helper()
 	c, err := envdclient.New(e.addr, opts...)
 	if err != nil {
@@ -125,7 +125,7 @@ func (e *envd) client(t *testing.T, opts ...envdclient.Option) *envdclient.Clien
 }
 
 // testCtx is a bounded context for one test step.
-func testCtx(t *testing.T) context.Context {
+func testCtx(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	t.Cleanup(cancel)
 	return ctx
