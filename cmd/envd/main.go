@@ -6,6 +6,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/signal"
 	"syscall"
@@ -42,6 +43,7 @@ func parseFlags(args []string) (config, int) {
 	fs.StringVar(&cfg.Cmd, "cmd", "", "program to start at boot (no shell), tag init-cmd")
 	fs.StringVar(&cfg.CgroupRoot, "cgroup-root", "/sys/fs/cgroup", "cgroup v2 mount for envd's groups")
 	fs.BoolVar(&cfg.NoCgroups, "no-cgroups", false, "do not place processes in cgroups")
+	fs.StringVar(&cfg.GuestAddress, "guest-address", "169.254.0.21", "address loopback-only TCP listeners are forwarded to")
 	fs.BoolVar(&cfg.Verbose, "verbose", false, "write JSON logs to stdout")
 	fs.BoolVar(&cfg.Health204, "health-204", false, "answer /health with e2b's bare 204 instead of 200 {\"version\"}")
 	fs.Bool("resume-handover", false, "accepted for e2b compatibility; live upgrade is not supported")
@@ -66,6 +68,10 @@ func parseFlags(args []string) (config, int) {
 	}
 	if cfg.CgroupRoot == "" {
 		cfg.CgroupRoot = "/sys/fs/cgroup"
+	}
+	if a, err := netip.ParseAddr(cfg.GuestAddress); err != nil || a.Unmap().IsLoopback() || a.IsUnspecified() {
+		fmt.Fprintf(os.Stderr, "envd: invalid -guest-address %q (need a non-loopback IP)\n", cfg.GuestAddress)
+		return cfg, 2
 	}
 	if cfg.Port < 0 || cfg.Port > 65535 {
 		fmt.Fprintf(os.Stderr, "envd: invalid -port %d\n", cfg.Port)

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/envd-go/envd/internal/host"
 	"github.com/envd-go/envd/internal/lifecycle"
 	"github.com/envd-go/envd/internal/pid1"
+	"github.com/envd-go/envd/internal/ports"
 	"github.com/envd-go/envd/internal/process"
 	"github.com/envd-go/envd/internal/server"
 	"github.com/envd-go/envd/internal/state"
@@ -30,6 +32,9 @@ type config struct {
 	NoCgroups  bool
 	Verbose    bool
 	Health204  bool
+
+	// GuestAddress is where loopback-only listeners are mirrored.
+	GuestAddress string
 }
 
 func newLogger(cfg config) *slog.Logger {
@@ -71,11 +76,27 @@ func run(ctx context.Context, cfg config) error {
 	sampler.Start()
 	defer sampler.Stop()
 
+	// Port forwarding: stopped by snapshot prepare, restarted on recovery.
+	guest, _ := netip.ParseAddr(cfg.GuestAddress) // validated by parseFlags; zero → default
+	fwd, err := ports.New(ports.Options{GuestAddr: guest, Logger: log})
+	if err != nil {
+		return err
+	}
+	fwd.Start()
+	defer fwd.Stop()
+
 	conns := lifecycle.NewConnTracker()
-	snap := lifecycle.NewSnapshot(lifecycle.SnapshotOptions{Tracker: conns, Sampler: sampler, Logger: log})
+	snap := lifecycle.NewSnapshot(lifecycle.SnapshotOptions{Tracker: conns, Sampler: sampler, Logger: log, StopPorts: fwd.Stop, StartPorts: fwd.Start})
 	defer snap.Close()
 
-	var cg cgroups.Manager = cgroups.Noop{}
+	// Falls back to Noop (logged once) when cgroup2 is absent or unusable.
+	var cg cgroups.Groups = cgroups.Noop{}
+	if cfg.NoCgroups {
+		log.Info("cgroups disabled by -no-cgroups")
+	} else {
+		cg = cgroups.Open(cgroups.Options{Root: cfg.CgroupRoot, Logger: log})
+	}
+	defer cg.Close()
 
 	procs := process.New(process.Options{State: st, Reaper: reaper, Cgroups: cg, Logger: log})
 	fs := filesystem.New(filesystem.Options{State: st, Logger: log})
@@ -91,6 +112,10 @@ func run(ctx context.Context, cfg config) error {
 		Filesystem:      fs,
 		Routes:          append(snap.Routes(), fileRoutes...),
 		OnHealth:        snap.OnHealth,
+		PortStats: func() host.PortStats {
+			s := fwd.Stats()
+			return host.PortStats{PortsForwarded: s.Forwarded, PortsConnections: s.Connections, PortsConnectionsTotal: s.ConnectionsTotal}
+		},
 	})
 	ln, err := net.Listen("tcp", fmt.Sprintf("0.0.0.0:%d", cfg.Port))
 	if err != nil {

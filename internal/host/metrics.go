@@ -29,6 +29,15 @@ type Metrics struct {
 	MemUsedMiB  uint64  `json:"mem_used_mib"`
 	DiskUsed    uint64  `json:"disk_used"`
 	DiskTotal   uint64  `json:"disk_total"`
+	// *PortStats adds the port forwarder's fields when set (nil: omitted).
+	*PortStats
+}
+
+// PortStats are the port forwarder's counters, extra /metrics fields.
+type PortStats struct {
+	PortsForwarded        int    `json:"ports_forwarded"`         // ports mirrored onto the guest address
+	PortsConnections      int64  `json:"ports_connections"`       // live forwarded connections
+	PortsConnectionsTotal uint64 `json:"ports_connections_total"` // accepted since start-up
 }
 
 // CPUSampler reads /proc/stat once per interval in its own goroutine and

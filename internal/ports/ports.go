@@ -56,6 +56,7 @@ type Forwarder struct {
 	opts Options
 	log  *slog.Logger
 
+	life    sync.Mutex // serialises Start and Stop (Stop holds it until all is closed)
 	mu      sync.Mutex // guards cancel, done, conns and ports
 	cancel  context.CancelFunc
 	done    chan struct{}
@@ -93,6 +94,8 @@ func New(o Options) (*Forwarder, error) {
 // Start scans immediately and then every interval until Stop. Starting a
 // running Forwarder does nothing.
 func (f *Forwarder) Start() {
+	f.life.Lock()
+	defer f.life.Unlock()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.cancel != nil {
@@ -106,6 +109,8 @@ func (f *Forwarder) Start() {
 // Stop ends scanning, closes all forwarding listeners and live
 // connections, and waits for every goroutine. Safe to call when stopped.
 func (f *Forwarder) Stop() {
+	f.life.Lock()
+	defer f.life.Unlock()
 	f.mu.Lock()
 	cancel, done := f.cancel, f.done
 	f.cancel, f.done = nil, nil

@@ -45,6 +45,8 @@ type Deps struct {
 	OnHealth func(r *http.Request)
 	// WriteStall bounds one blocked write to a client (DefaultWriteStall if 0).
 	WriteStall time.Duration
+	// PortStats, if set, adds the port forwarder's counters to /metrics.
+	PortStats func() host.PortStats
 }
 
 // Route is one REST pattern in net/http ServeMux syntax ("POST /init").
@@ -74,6 +76,10 @@ func Handler(d Deps) http.Handler {
 			d.Logger.Error("read metrics", "error", err)
 			w.WriteHeader(http.StatusInternalServerError)
 			return
+		}
+		if d.PortStats != nil {
+			ps := d.PortStats()
+			m.PortStats = &ps
 		}
 		writeJSON(w, m)
 	})
