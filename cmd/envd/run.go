@@ -110,7 +110,7 @@ func run(ctx context.Context, cfg config) error {
 		Logger:          log,
 		Process:         procs,
 		Filesystem:      fs,
-		Routes:          append(snap.Routes(), fileRoutes...),
+		Routes:          append(append(snap.Routes(), lifecycle.NewFreeze(cg).Routes()...), fileRoutes...),
 		OnHealth:        snap.OnHealth,
 		PortStats: func() host.PortStats {
 			s := fwd.Stats()
