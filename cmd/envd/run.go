@@ -124,5 +124,9 @@ func run(ctx context.Context, cfg config) error {
 	log.Info("envd listening", "port", cfg.Port, "version", version)
 	srv := server.New(h, conns.ConnState)
 	snap.SetServer(srv)
+	if cfg.Cmd != "" {
+		// Through the Process service (listed, tag init-cmd); ends once started.
+		go pid1.StartInitCmd(ctx, fmt.Sprintf("http://127.0.0.1:%d", cfg.Port), cfg.Cmd, log)
+	}
 	return server.Serve(ctx, srv, ln, 5*time.Second)
 }
