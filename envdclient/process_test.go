@@ -274,7 +274,7 @@ func TestPTY(t *testing.T) {
 
 	var out syncBuffer
 	p, err := c.Start(ctx, envdclient.Command{
-		Cmd: "/bin/sh", Env: map[string]string{"PS1": "$ ", "TERM": "xterm"},
+		Cmd: "/bin/sh", Env: map[string]string{"PS1": "$ ", "TERM": "xterm"}, Tag: "envdtc-pty",
 		PTY: &envdclient.PTYSize{Cols: 40, Rows: 10}, Stdout: &out,
 	})
 	if err != nil {
@@ -311,8 +311,30 @@ func TestPTY(t *testing.T) {
 	io.WriteString(in, "stty size; echo m2-$((2+2))\n")
 	waitFor("30 100")
 	waitFor("m2-4")
-	io.WriteString(in, "exit 7\n")
 	in.Close()
+
+	// Attach to the same PTY by tag, as wrenn's host does, and type there.
+	var out2 syncBuffer
+	att, err := c.Connect(ctx, envdclient.Tag("envdtc-pty"), envdclient.ConnectOptions{Stdout: &out2, PTY: true})
+	if err != nil {
+		t.Fatalf("Connect to the PTY by tag: %v", err)
+	}
+	if err := att.SendStdin(ctx, []byte("echo m3-$((3+3))\n")); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(out2.String(), "m3-6") {
+		if time.Now().After(deadline) {
+			t.Fatalf("attached stream never showed m3-6; got %q", out2.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := att.SendStdin(ctx, []byte("exit 7\n")); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := att.Wait(); err != nil || st.ExitCode != 7 {
+		t.Fatalf("attached PTY exit = %+v, %v", st, err)
+	}
 	st, err := p.Wait()
 	if err != nil || st.ExitCode != 7 {
 		t.Fatalf("PTY exit = %+v, %v", st, err)
