@@ -105,3 +105,32 @@ func TestSocketTables(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkScan is the cost of one listener-table read (five listeners
+// plus whatever the host has).
+func BenchmarkScan(b *testing.B) {
+	for range 5 {
+		ln, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer ln.Close()
+	}
+	diag, err := newSockDiag()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer diag.close()
+	for _, table := range []socketTable{diag, &procNet{root: "/proc/net"}} {
+		b.Run(table.name(), func(b *testing.B) {
+			var buf []socket
+			b.ReportAllocs()
+			for b.Loop() {
+				if buf, err = table.listeners(buf[:0]); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(len(buf)), "listeners")
+		})
+	}
+}
