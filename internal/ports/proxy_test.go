@@ -176,3 +176,53 @@ func TestNewRejectsLoopbackGuest(t *testing.T) {
 		t.Fatalf("default: %v %v", f, err)
 	}
 }
+
+// BenchmarkProxyThroughput streams through one forwarded connection
+// (loopback both sides) and, for comparison, directly.
+func BenchmarkProxyThroughput(b *testing.B) {
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(io.Discard, c); c.Close() }()
+		}
+	}()
+	target := ln.Addr().(*net.TCPAddr).AddrPort()
+	f := &Forwarder{
+		opts:  Options{GuestAddr: netip.MustParseAddr("127.0.0.2"), DialTimeout: 10 * time.Second},
+		log:   slog.New(slog.DiscardHandler),
+		conns: map[*conn]struct{}{},
+	}
+	fw, err := f.listen(0, target)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	f.wg.Add(1)
+	go f.accept(ctx, fw)
+	defer func() { cancel(); fw.ln.Close(); f.wg.Wait() }()
+
+	buf := make([]byte, 256<<10)
+	for _, tc := range []struct{ name, addr string }{{"forwarded", fw.ln.Addr().String()}, {"direct", target.String()}} {
+		b.Run(tc.name, func(b *testing.B) {
+			c, err := net.Dial("tcp4", tc.addr)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			b.SetBytes(int64(len(buf)))
+			for b.Loop() {
+				if _, err := c.Write(buf); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
