@@ -134,6 +134,29 @@ func TestInitTokenUserWorkdir(t *testing.T) {
 	if _, err := c.Stat(ctx, "/tmp"); err != nil {
 		t.Fatalf("Stat with token: %v", err)
 	}
+	res2, err := c.Exec(ctx, envdclient.Command{Cmd: "/bin/sh", Args: []string{"-c", "pwd; echo $FOO"}})
+	if err != nil || string(res2.Stdout) != "/tmp\nbar\n" {
+		t.Fatalf("Exec after Init = %q, %v; want default workdir /tmp and FOO=bar", res2.Stdout, err)
+	}
+
+	// A later /init with the same token switches the default user.
+	user := addUser(t)
+	if _, err := c.Init(ctx, envdclient.InitRequest{AccessToken: "envdtc-secret", DefaultUser: user}); err != nil {
+		t.Fatalf("Init default user: %v", err)
+	}
+	res3, err := c.Exec(ctx, envdclient.Command{Cmd: "id", Args: []string{"-un"}})
+	if err != nil || string(res3.Stdout) != user+"\n" {
+		t.Fatalf("id -un after Init = %q, %v; want %s", res3.Stdout, err, user)
+	}
+	// A stale timestamp is accepted (204) but not applied. Only 1 s old:
+	// were it applied, the clock step rule (>5 s ahead) leaves the clock
+	// of this shared machine alone.
+	if _, err := c.Init(ctx, envdclient.InitRequest{AccessToken: "envdtc-secret", DefaultUser: "root", Timestamp: time.Now().Add(-time.Second)}); err != nil {
+		t.Fatalf("stale Init: %v", err)
+	}
+	if res4, err := c.Exec(ctx, envdclient.Command{Cmd: "id", Args: []string{"-un"}}); err != nil || string(res4.Stdout) != user+"\n" {
+		t.Fatalf("id -un after a stale Init = %q, %v; want %s still", res4.Stdout, err, user)
+	}
 
 	// A different token cannot re-init (not FC mode: only the same token).
 	if _, err := anon.Init(ctx, envdclient.InitRequest{AccessToken: "other"}); !errors.Is(err, envdclient.ErrUnauthenticated) {

@@ -251,7 +251,7 @@ func TestEnvVarsAndToken(t *testing.T) {
 	if r := envctl(t, env, "health"); r.code != 0 || !strings.HasPrefix(r.stdout, "ok") {
 		t.Fatalf("health via ENVD_ADDR: %+v", r)
 	}
-	if r := envctl(t, env, "init", "--access-token", "envdtc-tok", "--env", "GREETING=hi"); r.code != 0 {
+	if r := envctl(t, env, "init", "--access-token", "envdtc-tok", "--env", "GREETING=hi", "--workdir", "/tmp"); r.code != 0 {
 		t.Fatalf("init: %+v", r)
 	}
 	if r := envctl(t, env, "envs"); r.code != 1 || !strings.Contains(r.stderr, "unauthenticated") {
@@ -261,8 +261,8 @@ func TestEnvVarsAndToken(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stdout, "GREETING=hi\n") {
 		t.Errorf("envs with ENVD_TOKEN: %+v", r)
 	}
-	r = envctl(t, env, "--token", "envdtc-tok", "exec", "--", "/bin/sh", "-c", "echo $GREETING")
-	if r.code != 0 || r.stdout != "hi\n" {
+	r = envctl(t, env, "--token", "envdtc-tok", "exec", "--", "/bin/sh", "-c", "echo $GREETING; pwd")
+	if r.code != 0 || r.stdout != "hi\n/tmp\n" {
 		t.Errorf("exec with --token: %+v", r)
 	}
 }
