@@ -4,11 +4,14 @@ import (
 	"bufio"
 	"compress/gzip"
 	"errors"
+	"fmt"
 	"io"
 	"mime"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -100,6 +103,11 @@ func (h *Handler) Download(w http.ResponseWriter, r *http.Request) {
 	hdr.Set("Vary", "Accept-Encoding")
 	hdr.Set("Content-Disposition", mime.FormatMediaType("inline", map[string]string{"filename": filepath.Base(p)}))
 	if !useGzip {
+		if !dropEmptySuffixRanges(r) {
+			hdr.Set("Content-Range", fmt.Sprintf("bytes */%d", fi.Size()))
+			http.Error(w, "invalid range: failed to overlap", http.StatusRequestedRangeNotSatisfiable)
+			return
+		}
 		// Content-Type from the requested name's extension, else sniffed.
 		http.ServeContent(w, r, reqPath, fi.ModTime(), f)
 		return
@@ -118,6 +126,40 @@ func (h *Handler) Download(w http.ResponseWriter, r *http.Request) {
 		// Headers are out; the client sees a truncated gzip stream.
 		h.opts.Logger.Debug("gzip download aborted", "path", p, "error", err)
 	}
+}
+
+// dropEmptySuffixRanges removes "-0" specs from a bytes Range header:
+// net/http answers them 206 with an impossible Content-Range, while a
+// zero-length suffix is unsatisfiable. It reports false when nothing is
+// left to serve.
+func dropEmptySuffixRanges(r *http.Request) bool {
+	v := r.Header.Get("Range")
+	spec, ok := strings.CutPrefix(v, "bytes=")
+	if !ok {
+		return true
+	}
+	var keep []string
+	for _, s := range strings.Split(spec, ",") {
+		if !zeroSuffix(s) {
+			keep = append(keep, s)
+		}
+	}
+	if len(keep) == 0 {
+		return false
+	}
+	r.Header.Set("Range", "bytes="+strings.Join(keep, ","))
+	return true
+}
+
+// zeroSuffix matches a suffix range of length zero as net/http parses it
+// ("-0", " - 00", "-+0").
+func zeroSuffix(s string) bool {
+	start, end, ok := strings.Cut(s, "-")
+	if !ok || strings.Trim(start, " \t\r\n") != "" {
+		return false
+	}
+	n, err := strconv.ParseInt(strings.Trim(end, " \t\r\n"), 10, 64)
+	return err == nil && n == 0
 }
 
 // sendGzip compresses f into w in large chunks: BestSpeed and a big

@@ -302,7 +302,10 @@ func TestUploadRequestTooShortKeepsOld(t *testing.T) {
 	if resp, err := e.client.Do(req); err == nil {
 		resp.Body.Close()
 	}
-	waitFor(t, func() bool { m, _ := filepath.Glob(filepath.Join(filepath.Dir(target), ".envd-upload-*")); return len(m) == 0 })
+	waitFor(t, func() bool {
+		m, _ := filepath.Glob(filepath.Join(filepath.Dir(target), ".envd-upload-*"))
+		return len(m) == 0
+	})
 	if readFile(t, target) != "old" {
 		t.Fatal("old content destroyed")
 	}

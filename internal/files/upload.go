@@ -360,7 +360,11 @@ func (t *tagReader) Read(p []byte) (int, error) {
 // rawDir strips the last component without cleaning: "a/link/../b" must
 // be resolved by the kernel, as the target itself will be.
 func rawDir(p string) string {
-	p = strings.TrimRight(p, "/")
+	trimmed := strings.TrimRight(p, "/")
+	if trimmed == "" && p != "" {
+		return "/"
+	}
+	p = trimmed
 	i := strings.LastIndexByte(p, '/')
 	switch {
 	case i < 0:
