@@ -92,7 +92,7 @@ func bootVM(t *testing.T, o vmOpts) (*testVM, time.Duration) {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	start := time.Now()
 	vm, err := Boot(Config{Dir: dir, Kernel: k, Initrd: initrd, MemMB: o.memMB, SharedMem: o.sharedMem,
-		MMDSAddr: strings.TrimPrefix(mmds.URL, "http://")})
+		MMDSAddr: strings.TrimPrefix(mmds.URL, "http://"), InitArgs: []string{"-cmd", InitCmd}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -72,6 +72,9 @@ func BuildEnvd(repoRoot, out string) error {
 	return nil
 }
 
+// InitCmd is the program the test VMs pass to envd's -cmd.
+const InitCmd = "/usr/local/bin/vmtest-init-cmd"
+
 // GuestModules are the drivers the microVM needs; their dependencies are
 // added from each module's .modinfo.
 var GuestModules = []string{"virtio_mmio", "virtio_pci", "virtio_net", "virtio_console", "virtio_blk"}
@@ -96,6 +99,8 @@ func BuildInitramfs(out, envd string, k Kernel) error {
 	f.File("etc/passwd", 0o644, []byte("root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n"))
 	f.File("etc/group", 0o644, []byte("root:x:0:\ntty:x:5:\nuser:x:1000:\n"))
 	f.File("etc/hosts", 0o644, []byte("127.0.0.1 localhost\n"))
+	// Started by envd's -cmd in every test VM.
+	f.File(InitCmd[1:], 0o755, []byte("#!/bin/sh\nwhile :; do echo init-cmd alive; sleep 1; done\n"))
 
 	bb, err := exec.LookPath("busybox")
 	if err != nil {
