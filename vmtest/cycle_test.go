@@ -77,6 +77,7 @@ type cycleResult struct {
 	fds, gor   int
 	closedPre  int
 	recoverUs  int64
+	guestAfter time.Duration // guest time from cont to recovery start (≈)
 	execRTT    time.Duration
 	streamWait time.Duration
 }
@@ -136,6 +137,7 @@ func TestSnapshotCycles(t *testing.T) {
 			t.Fatalf("cycle %d: prepare: status %d", i, st)
 		}
 		res.prepare = time.Since(start)
+		prepared := time.Now()
 		vm.http.CloseIdleConnections() // as wrenn's host does before pausing
 		if res.snapshot, err = vm.Snapshot(snap); err != nil {
 			t.Fatalf("cycle %d: snapshot: %v", i, err)
@@ -158,6 +160,7 @@ func TestSnapshotCycles(t *testing.T) {
 		}
 		d := vm.debug()
 		res.fds, res.gor, res.closedPre, res.recoverUs = d.FDs, d.Goroutines, d.LastClosed, d.LastRecoverUs
+		res.guestAfter = time.Duration(d.LastGapUs)*time.Microsecond - res.snapshot.Stopped.Sub(prepared)
 		closedTotal = d.ClosedPreSnapshot
 		if d.PreSnapshotOpen != 0 {
 			fail("%d pre-snapshot connections still open: %+v", d.PreSnapshotOpen, d.Conns)
@@ -217,9 +220,9 @@ func TestSnapshotCycles(t *testing.T) {
 			failed++
 		}
 		results = append(results, res)
-		t.Logf("cycle %d: prepare %v, save %v, quit %v, launch %v, load %v, cont->healthy %v (recover %d us, closed %d), skew %v, exec %v, stream %v, fds %d, goroutines %d",
+		t.Logf("cycle %d: prepare %v, save %v, quit %v, launch %v, load %v, cont->healthy %v (guest cont->recover ~%v, recover %d us, closed %d), skew %v, exec %v, stream %v, fds %d, goroutines %d",
 			i, ms(res.prepare), ms(res.snapshot.Save), ms(res.snapshot.Quit), ms(res.restore.Launch), ms(res.restore.Load), ms(res.healthy),
-			res.recoverUs, res.closedPre, res.skew.Round(100*time.Microsecond), ms(res.execRTT), ms(res.streamWait), res.fds, res.gor)
+			ms(res.guestAfter), res.recoverUs, res.closedPre, res.skew.Round(100*time.Microsecond), ms(res.execRTT), ms(res.streamWait), res.fds, res.gor)
 	}
 	checkNoGrowth(t, results)
 }

@@ -171,6 +171,7 @@ type debugInfo struct {
 	LastTrigger       string `json:"lastTrigger"`
 	LastClosed        int    `json:"lastClosed"`
 	LastRecoverUs     int64  `json:"lastRecoverUs"`
+	LastGapUs         int64  `json:"lastGapUs"`
 	Pending           bool   `json:"pending"`
 	FDs               int    `json:"fds"`
 	Goroutines        int    `json:"goroutines"`

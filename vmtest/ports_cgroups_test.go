@@ -166,6 +166,7 @@ func TestPortsAndCgroupsInGuest(t *testing.T) {
 	})
 
 	t.Run("memory bomb in the user group dies, envd survives", func(t *testing.T) {
+		t.Logf("DEBUG meminfo:\n%s", r.sh(ctx, t, "head -25 /proc/meminfo; cat /sys/fs/cgroup/memory.stat | head -12; cat /sys/fs/cgroup/user/memory.current; ls -la /; du -sh /lib /bin /usr 2>/dev/null"))
 		// Seven 200 MiB buffers exceed the user limit (~870 MiB here);
 		// the group's OOM killer, not the global one, must act.
 		out, _, err := r.exec(ctx, "/bin/sh", "-c",

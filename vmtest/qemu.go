@@ -210,8 +210,9 @@ func (v *VM) ignoreShared() error {
 
 // SnapshotTimes are the phases of Snapshot and Restore.
 type SnapshotTimes struct {
-	Save time.Duration // stop → migration completed
-	Quit time.Duration // quit → process gone
+	Stopped time.Time     // when QMP stop returned (guest clocks frozen)
+	Save    time.Duration // stop → migration completed
+	Quit    time.Duration // quit → process gone
 }
 
 // Snapshot pauses the VM, saves its state to path and ends this QEMU,
@@ -222,6 +223,7 @@ func (v *VM) Snapshot(path string) (SnapshotTimes, error) {
 	if err := v.Pause(); err != nil {
 		return t, err
 	}
+	t.Stopped = time.Now()
 	if _, err := v.qmp.Run("migrate-set-parameters", map[string]any{"max-bandwidth": int64(10) << 30}); err != nil {
 		return t, err
 	}

@@ -43,6 +43,7 @@ type Snapshot struct {
 	srv      *http.Server
 	pending  bool
 	timer    *time.Timer
+	prepared time.Time // monotonic reading at the end of the last prepare
 	stats    restoreStats
 	detector *jumpDetector
 }
@@ -56,6 +57,10 @@ type restoreStats struct {
 	LastClosed     int    `json:"lastClosed"`
 	LastRecoverUs  int64  `json:"lastRecoverUs"`
 	LastPrepareUs  int64  `json:"lastPrepareUs"`
+	// LastGapUs is guest time from the end of the prepare to the start of
+	// the recovery: the guest clocks stop while the VM is paused, so this
+	// is host latency before the pause plus guest time after the resume.
+	LastGapUs int64 `json:"lastGapUs"`
 }
 
 // NewSnapshot returns the lifecycle handler and starts its clock-jump
@@ -148,6 +153,7 @@ func (s *Snapshot) Prepare() {
 	s.timer = time.AfterFunc(s.opts.SelfRecover, func() { s.recover("", "self-recovery") })
 	s.stats.Prepares++
 	s.stats.LastPrepareUs = time.Since(start).Microseconds()
+	s.prepared = time.Now()
 	s.opts.Logger.Info("snapshot prepared", "preSnapshotConns", n, "took", time.Since(start))
 }
 
@@ -173,6 +179,7 @@ func (s *Snapshot) recover(keep, trigger string) bool {
 		return false
 	}
 	start := time.Now()
+	s.stats.LastGapUs = start.Sub(s.prepared).Microseconds()
 	s.pending = false
 	if s.timer != nil {
 		s.timer.Stop()
