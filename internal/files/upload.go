@@ -299,16 +299,25 @@ func (up *upload) copy(dst *os.File, src io.Reader, readPrefix string) error {
 	buf := bufPool.Get().(*[]byte)
 	defer bufPool.Put(buf)
 	tr := &tagReader{r: src, prefix: readPrefix}
-	// Hide File.ReadFrom so CopyBuffer uses the big buffer.
-	_, err := io.CopyBuffer(struct{ io.Writer }{dst}, tr, *buf)
-	if err == nil {
-		return nil
+	// Fill the whole buffer before each write: sockets hand out small
+	// reads, the disk prefers few large writes.
+	for {
+		n, err := io.ReadFull(tr, *buf)
+		if n > 0 {
+			if _, werr := dst.Write((*buf)[:n]); werr != nil {
+				return up.writeError(werr)
+			}
+		}
+		switch {
+		case err == nil:
+			continue
+		case err == io.EOF, err == io.ErrUnexpectedEOF:
+			// Bare EOFs are the clean end of the body: tagReader wraps
+			// every body error (a truncated one too) in a readErr.
+			return nil
+		}
+		return readError(err, readPrefix)
 	}
-	var re *readErr
-	if errors.As(err, &re) {
-		return readError(re.err, re.prefix)
-	}
-	return up.writeError(err)
 }
 
 func (up *upload) writeError(err error) error {

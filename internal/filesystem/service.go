@@ -324,7 +324,7 @@ func (w *walker) dir(real, shown string, level int, top bool) error {
 	if err := w.ctx.Err(); err != nil {
 		return connect.NewError(connect.CodeCanceled, err)
 	}
-	names, err := readNames(real)
+	dir, names, err := openNames(real)
 	if err != nil {
 		switch {
 		case !top && (errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ENOTDIR)):
@@ -336,10 +336,13 @@ func (w *walker) dir(real, shown string, level int, top bool) error {
 		}
 		return connect.NewError(connect.CodeInternal, fmt.Errorf("error reading directory %s: %w", shown, err))
 	}
+	defer dir.Close()
+	dirfd := int(dir.Fd())
 	for _, name := range names {
 		var st unix.Stat_t
 		abs := joinPath(real, name)
-		if err := unix.Lstat(abs, &st); err != nil {
+		// Relative to the open directory: no path walk per entry.
+		if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			if errors.Is(err, unix.ENOENT) {
 				continue
 			}
@@ -355,6 +358,21 @@ func (w *walker) dir(real, shown string, level int, top bool) error {
 		}
 	}
 	return nil
+}
+
+// openNames returns the open directory and its sorted entry names.
+func openNames(dir string) (*os.File, []string, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	names, err := f.Readdirnames(-1)
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	sort.Strings(names)
+	return f, names, nil
 }
 
 func readNames(dir string) ([]string, error) {

@@ -93,10 +93,16 @@ func (s *Service) WatchDir(ctx context.Context, req *connect.Request[pb.WatchDir
 			return connect.NewError(connect.CodeCanceled, ctx.Err())
 		case <-w.ready:
 			evs, werr := w.take()
+			// A burst leaves in one flush, not one write per event.
+			release := writectl.Hold(ctx)
 			for _, ev := range evs {
 				if err := s.send(ctx, stream, &pb.WatchDirResponse{Event: &pb.WatchDirResponse_Filesystem{Filesystem: ev}}); err != nil {
+					release()
 					return err
 				}
+			}
+			if err := release(); err != nil {
+				return connect.NewError(connect.CodeUnknown, fmt.Errorf("send: %w", err))
 			}
 			if werr != nil {
 				return connect.NewError(connect.CodeInternal, fmt.Errorf("watcher error: %w", werr))
