@@ -166,31 +166,45 @@ func TestPortsAndCgroupsInGuest(t *testing.T) {
 	})
 
 	t.Run("memory bomb in the user group dies, envd survives", func(t *testing.T) {
-		t.Logf("DEBUG meminfo:\n%s", r.sh(ctx, t, "head -25 /proc/meminfo; cat /sys/fs/cgroup/memory.stat | head -12; cat /sys/fs/cgroup/user/memory.current; ls -la /; du -sh /lib /bin /usr 2>/dev/null"))
-		// Seven 200 MiB buffers exceed the user limit (~870 MiB here);
-		// the group's OOM killer, not the global one, must act.
+		// Seven 200 MiB buffers exceed the user limit M (~844 MiB here).
+		// Which OOM killer acts depends on the kernel's reserve: with THP
+		// the min watermark (~44 MiB) plus per-cpu lists can eat the
+		// 128 MiB headroom, and the global killer fires a few MiB before
+		// the group's memory.max. Either way only user-group tasks may die,
+		// the group may never exceed its limit, and envd must live on.
 		out, _, err := r.exec(ctx, "/bin/sh", "-c",
 			"for i in 1 2 3 4 5 6 7; do dd if=/dev/zero of=/dev/null bs=200M count=3 2>/dev/null & done; wait; echo done")
 		if err != nil {
 			t.Fatalf("bomb: %v (%s)", err, out)
 		}
 		events := r.sh(ctx, t, "cat /sys/fs/cgroup/user/memory.events")
-		field := func(name string) int {
-			for _, l := range strings.Split(events, "\n") {
+		field := func(text, name string) int64 {
+			for _, l := range strings.Split(text, "\n") {
 				if v, ok := strings.CutPrefix(l, name+" "); ok {
-					n, _ := strconv.Atoi(strings.TrimSpace(v))
+					n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
 					return n
 				}
 			}
 			return -1
 		}
-		if field("max") < 1 || field("oom_kill") < 1 {
-			t.Errorf("user group limit not hit / nothing OOM-killed:\n%s", events)
+		if field(events, "oom_kill") < 1 {
+			t.Errorf("no user-group task was OOM-killed:\n%s", events)
 		}
+		peak, _ := strconv.ParseInt(strings.TrimSpace(r.sh(ctx, t, "cat /sys/fs/cgroup/user/memory.peak")), 10, 64)
+		max, _ := strconv.ParseInt(strings.TrimSpace(r.sh(ctx, t, "cat /sys/fs/cgroup/user/memory.max")), 10, 64)
+		if peak <= 0 || peak > max {
+			t.Errorf("user group peak %d, limit %d", peak, max)
+		}
+		kills := r.sh(ctx, t, "dmesg | grep -o 'oom-kill:.*' || true")
+		for _, l := range strings.Split(strings.TrimSpace(kills), "\n") {
+			if !strings.Contains(l, "task_memcg=/user,") {
+				t.Errorf("OOM killed a task outside the user group: %s", l)
+			}
+		}
+		t.Logf("peak %d of limit %d; group limit hit %d times; kills:\n%s", peak, max, field(events, "max"), kills)
 		vm.waitHealthy(30 * time.Second)
-		// envd still serves processes, and the group's usage fell back.
-		if cur := r.sh(ctx, t, "cat /sys/fs/cgroup/user/memory.current"); strings.TrimSpace(cur) == "" {
-			t.Error("no memory.current")
+		if got := strings.TrimSpace(r.sh(ctx, t, "echo alive")); got != "alive" {
+			t.Errorf("envd cannot run processes after the bomb: %q", got)
 		}
 	})
 }
