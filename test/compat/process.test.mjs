@@ -90,6 +90,16 @@ describe('commands.run', () => {
     assert.equal(err.name, 'AuthenticationError', `got ${err?.name}: ${err?.message}`)
   })
 
+  test('commands start with default signal dispositions', opts, async () => {
+    // An inherited SIG_IGN (SIGPIPE from a Go/Node parent, SIGINT from a
+    // background launch) would break pipelines and Ctrl-C in the sandbox.
+    const r = await ctx.sbx.commands.run('grep SigIgn /proc/self/status', { user: 'root' })
+    const mask = BigInt('0x' + r.stdout.trim().split(/\s+/)[1])
+    for (const [name, n] of Object.entries({ SIGHUP: 1n, SIGINT: 2n, SIGQUIT: 3n, SIGPIPE: 13n, SIGTERM: 15n })) {
+      assert.equal(mask & (1n << (n - 1n)), 0n, `${name} ignored in spawned process (SigIgn ${mask.toString(16)})`)
+    }
+  })
+
   test('onStdout/onStderr callbacks see the output as it is produced', opts, async () => {
     const out = new Collector()
     const errs = new Collector()
@@ -305,15 +315,33 @@ describe('pty', () => {
     }
   })
 
+  /**
+   * Waits until the shell printed marker and then its next prompt. readline
+   * switches the tty to raw mode before it prints the prompt, so control
+   * characters sent after this are read as keys (sent while the tty is
+   * still canonical, ^D would become a NUL byte, not EOF).
+   */
+  function untilPrompt(out, marker) {
+    return out.until((c) => {
+      const i = c.text.lastIndexOf(marker)
+      return i >= 0 && /[$#] $/.test(c.text.slice(i + marker.length))
+    }, `${marker} and a prompt`)
+  }
+
   test('Ctrl-C interrupts the foreground program', opts, async () => {
     const { handle, out } = await openPty()
     try {
       const enc = new TextEncoder()
       // sh prints the marker, then execs sleep in the foreground process
       // group; SIGINT to sh or to sleep both end it with status 130.
-      await ctx.sbx.pty.sendInput(handle.pid, enc.encode('sh -c \'echo "RE""ADY"; exec sleep 300\'; echo "AFTER:$?"\n'))
+      await ctx.sbx.pty.sendInput(handle.pid, enc.encode('sh -c \'echo "RE""ADY"; exec sleep 300\'\n'))
       await out.until('READY')
       await ctx.sbx.pty.sendInput(handle.pid, new Uint8Array([0x03]))
+      // Interactive bash abandons the rest of a list interrupted by ^C, so
+      // the status is asked for in a new command line. If sleep ignored
+      // SIGINT this line would never run.
+      await untilPrompt(out, 'READY')
+      await ctx.sbx.pty.sendInput(handle.pid, enc.encode('echo "AFTER:$?"\n'))
       await out.until('AFTER:130')
     } finally {
       await ctx.sbx.pty.kill(handle.pid)
@@ -322,13 +350,20 @@ describe('pty', () => {
   })
 
   test('exit ends the PTY with code 0; Ctrl-D too', opts, async () => {
+    const enc = new TextEncoder()
     const a = await openPty()
-    await ctx.sbx.pty.sendInput(a.handle.pid, new TextEncoder().encode('exit 0\n'))
+    await ctx.sbx.pty.sendInput(a.handle.pid, enc.encode('exit 0\n'))
     assert.equal((await a.handle.wait()).exitCode, 0)
 
     const b = await openPty()
-    await ctx.sbx.pty.sendInput(b.handle.pid, new Uint8Array([0x04]))
-    assert.equal((await b.handle.wait()).exitCode, 0)
+    try {
+      await ctx.sbx.pty.sendInput(b.handle.pid, enc.encode('echo "RE""ADY"\n'))
+      await untilPrompt(b.out, 'READY')
+      await ctx.sbx.pty.sendInput(b.handle.pid, new Uint8Array([0x04]))
+      assert.equal((await b.handle.wait()).exitCode, 0)
+    } finally {
+      await ctx.sbx.pty.kill(b.handle.pid)
+    }
   })
 
   test('kill ends the PTY; it is listed until then', opts, async () => {
