@@ -150,9 +150,9 @@ func (f *Forwarder) run(ctx context.Context, done chan struct{}) {
 	defer close(done)
 	table, err := openSocketTable()
 	if err != nil {
-		f.log.Warn("sock_diag unavailable, reading /proc/net/tcp instead", "error", err)
+		f.log.Info("sock_diag unavailable (no inet_diag in the kernel?), reading /proc/net/tcp instead", "error", err)
 	}
-	defer table.close()
+	defer func() { table.close() }()
 
 	s := scanState{forwards: map[uint16]*forward{}, failed: map[uint16]bool{}}
 	defer func() {
@@ -167,6 +167,12 @@ func (f *Forwarder) run(ctx context.Context, done chan struct{}) {
 	var buf []socket
 	for {
 		buf, err = table.listeners(buf[:0])
+		if _, nl := table.(*sockDiag); err != nil && nl {
+			f.log.Warn("sock_diag failed, reading /proc/net/tcp from now on", "error", err)
+			table.close()
+			table = newProcNet()
+			buf, err = table.listeners(buf[:0])
+		}
 		if err != nil {
 			if !s.scanFailing {
 				f.log.Error("scan listening sockets", "source", table.name(), "error", err)

@@ -272,5 +272,7 @@ func openSocketTable() (socketTable, error) {
 	if err == nil {
 		return d, nil
 	}
-	return &procNet{root: "/proc/net", buf: make([]byte, 0, 16<<10)}, err
+	return newProcNet(), err
 }
+
+func newProcNet() *procNet { return &procNet{root: "/proc/net", buf: make([]byte, 0, 16<<10)} }
