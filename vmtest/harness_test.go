@@ -122,7 +122,9 @@ func lastLines(s string, n int) string {
 func (v *testVM) waitHealthy(timeout time.Duration) time.Duration {
 	v.t.Helper()
 	start := time.Now()
-	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	// A generous per-attempt timeout: an abandoned /health that reaches
+	// envd later would count as the restore signal of a later prepare.
+	c := &http.Client{Timeout: 15 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	var last error
 	for time.Since(start) < timeout {
 		resp, err := c.Get(v.URL() + "/health")
