@@ -442,6 +442,22 @@ func TestForwarderNetns(t *testing.T) {
 		}
 	})
 
+	t.Run("open connections outlive their listener", func(t *testing.T) {
+		// Only the forwarding listener goes with the loopback listener;
+		// accepted connections run to their natural end.
+		p := e.do(t, helperReq{Op: "listen", Addr: "127.0.0.1", Mode: "echo"}).Port
+		e.waitReachable(t, p)
+		c, err := e.dial(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		echoOnce(t, c, "before")
+		e.do(t, helperReq{Op: "close", Port: p})
+		e.waitUnreachable(t, p)
+		echoOnce(t, c, "after the listener is gone")
+	})
+
 	t.Run("data integrity 100 MiB both ways", func(t *testing.T) {
 		p := e.do(t, helperReq{Op: "listen", Addr: "127.0.0.1", Mode: "echo"}).Port
 		t.Cleanup(func() { e.do(t, helperReq{Op: "close", Port: p}) })
