@@ -1,6 +1,7 @@
 package lifecycle
 
 import (
+	"context"
 	"log/slog"
 	"net/http"
 	"os"
@@ -171,6 +172,12 @@ func (s *Snapshot) Recover(r *http.Request) bool {
 
 // OnHealth has the server.Deps.OnHealth signature.
 func (s *Snapshot) OnHealth(r *http.Request) { s.Recover(r) }
+
+// OnInit is the /init hook (InitOptions.BeforeApply): the safety net when
+// no /health came between the restore and /init. The /init's own
+// connection was opened after the restore, so it is not in the
+// pre-snapshot set anyway.
+func (s *Snapshot) OnInit(ctx context.Context) { s.recover("", "init") }
 
 func (s *Snapshot) recover(keep, trigger string) bool {
 	s.mu.Lock()
