@@ -47,7 +47,13 @@ type fakeClock struct {
 func (c *fakeClock) clock() host.Clock {
 	return host.Clock{
 		Now: func() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now },
-		Set: func(t time.Time) error { c.mu.Lock(); defer c.mu.Unlock(); c.set = append(c.set, t); c.now = t; return nil },
+		Set: func(t time.Time) error {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			c.set = append(c.set, t)
+			c.now = t
+			return nil
+		},
 	}
 }
 
