@@ -329,3 +329,14 @@ func TestTrackerKeepAlive(t *testing.T) {
 		t.Errorf("%+v", st)
 	}
 }
+
+// TestOnInit: /init is the safety net when no /health came first.
+func TestOnInit(t *testing.T) {
+	s := newSnapServer(t, SnapshotOptions{})
+	s.snap.OnInit(t.Context()) // no prepare: nothing to do
+	post(t, s.url+"/snapshot/prepare")
+	s.snap.OnInit(t.Context())
+	if d := s.debug(t); d.Pending || d.Restores != 1 || d.LastTrigger != "init" {
+		t.Fatalf("%+v", d)
+	}
+}
