@@ -361,11 +361,13 @@ func (s *Service) stream(ctx context.Context, p *proc, sub *subscriber, keepaliv
 			}
 			ka.Reset(keepalive)
 		case <-sub.gone:
-			if sub.err != nil {
-				return connect.NewError(connect.CodeResourceExhausted, sub.err)
-			}
-			return nil
+			return cutErr(sub)
 		case <-p.done:
+			select {
+			case <-sub.gone: // a cut stream must not look complete
+				return cutErr(sub)
+			default:
+			}
 			for {
 				select {
 				case c := <-sub.ch:
@@ -390,6 +392,14 @@ func (s *Service) stream(ctx context.Context, p *proc, sub *subscriber, keepaliv
 			return connect.NewError(connect.CodeCanceled, ctx.Err())
 		}
 	}
+}
+
+// cutErr is the stream's end once its subscription was dropped.
+func cutErr(sub *subscriber) error {
+	if sub.err != nil {
+		return connect.NewError(connect.CodeResourceExhausted, sub.err)
+	}
+	return nil
 }
 
 // Connect attaches to a live process (output from now on) or reports the
