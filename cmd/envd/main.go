@@ -47,6 +47,9 @@ func parseFlags(args []string) (config, int) {
 	fs.BoolVar(&cfg.Verbose, "verbose", false, "write JSON logs to stdout")
 	fs.BoolVar(&cfg.Health204, "health-204", false, "answer /health with e2b's bare 204 instead of 200 {\"version\"}")
 	fs.Bool("resume-handover", false, "accepted for e2b compatibility; live upgrade is not supported")
+	fs.StringVar(&cfg.MMDSAddress, "mmds-address", "http://169.254.169.254", "metadata service (MMDS) base URL")
+	fs.StringVar(&cfg.HostsFile, "hosts-file", "/etc/hosts", "hosts file /init writes the events alias to")
+	fs.StringVar(&cfg.CABundle, "ca-bundle", "/etc/ssl/certs/ca-certificates.crt", "system CA bundle /init appends caBundle to")
 	if err := fs.Parse(args); err != nil {
 		if err == flag.ErrHelp {
 			return cfg, 0

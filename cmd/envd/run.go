@@ -35,6 +35,10 @@ type config struct {
 
 	// GuestAddress is where loopback-only listeners are mirrored.
 	GuestAddress string
+
+	// MMDSAddress, HostsFile and CABundle are where /init and the MMDS
+	// poll read and write (flags so tests can point them elsewhere).
+	MMDSAddress, HostsFile, CABundle string
 }
 
 func newLogger(cfg config) *slog.Logger {
@@ -59,12 +63,24 @@ func run(ctx context.Context, cfg config) error {
 		_ = pid1.Boot(log, "/lib/modules") // logs what failed; serve anyway
 	}
 	st := state.New()
-	sandbox := "true"
-	if cfg.IsNotFC {
-		sandbox = "false"
+	if err := host.WriteSandboxFlag(st, host.DefaultRunDirs, !cfg.IsNotFC); err != nil {
+		log.Warn("write sandbox flag files", "error", err)
 	}
-	st.SetInternalEnv("E2B_SANDBOX", sandbox)
-	st.SetInternalEnv("WRENN_SANDBOX", sandbox)
+	// MMDS: polled at boot until it answers (Firecracker only), and again
+	// for up to 60 s after every /init so a restored or cloned sandbox
+	// learns its new id.
+	mmds := host.NewMMDS(cfg.MMDSAddress)
+	mmdsPoll := host.NewPoller(mmds, 50*time.Millisecond, func(md host.Metadata) {
+		if err := host.ApplyMetadata(st, host.DefaultRunDirs, md); err != nil {
+			log.Warn("write sandbox id files", "error", err)
+		}
+	}, log)
+	defer mmdsPoll.Close()
+	var initMMDS lifecycle.MetadataFetcher
+	if !cfg.IsNotFC {
+		initMMDS = mmds
+		mmdsPoll.Poll(0)
+	}
 
 	reaper := pid1.NewReaper(os.Getpid() == 1)
 	defer reaper.Close()
@@ -86,8 +102,20 @@ func run(ctx context.Context, cfg config) error {
 	defer fwd.Stop()
 
 	conns := lifecycle.NewConnTracker()
-	snap := lifecycle.NewSnapshot(lifecycle.SnapshotOptions{Tracker: conns, Sampler: sampler, Logger: log, StopPorts: fwd.Stop, StartPorts: fwd.Start})
+	snap := lifecycle.NewSnapshot(lifecycle.SnapshotOptions{Tracker: conns, Sampler: sampler, Logger: log, StopPorts: fwd.Stop, StartPorts: fwd.Start, CloseIdleClients: mmds.CloseIdleConnections})
 	defer snap.Close()
+	initAPI := lifecycle.NewInit(lifecycle.InitOptions{
+		State: st, Version: version, Logger: log, Reaper: reaper, MMDS: initMMDS,
+		HostsFile: cfg.HostsFile, CABundle: cfg.CABundle,
+		BeforeApply: snap.OnInit,
+		// Not with -isnotfc (unlike e2b): there is no MMDS to reach.
+		AfterInit: func() {
+			if !cfg.IsNotFC {
+				mmdsPoll.Poll(60 * time.Second)
+			}
+		},
+	})
+	defer initAPI.Wait()
 
 	// Falls back to Noop (logged once) when cgroup2 is absent or unusable.
 	var cg cgroups.Groups = cgroups.Noop{}
@@ -110,7 +138,7 @@ func run(ctx context.Context, cfg config) error {
 		Logger:          log,
 		Process:         procs,
 		Filesystem:      fs,
-		Routes:          append(append(snap.Routes(), lifecycle.NewFreeze(cg).Routes()...), fileRoutes...),
+		Routes:          append(append(append(snap.Routes(), lifecycle.NewFreeze(cg).Routes()...), fileRoutes...), initAPI.Route()),
 		OnHealth:        snap.OnHealth,
 		PortStats: func() host.PortStats {
 			s := fwd.Stats()
