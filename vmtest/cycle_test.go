@@ -22,7 +22,9 @@ func envInt(name string, def int) int {
 }
 
 // Workload kept running across every snapshot: a process streaming lines,
-// one flooding output through envd, and one allocating a lot of memory.
+// one flooding output through envd, and two allocating a lot of memory
+// (dd's big buffers, and a Go program that verifies every buffer it wrote
+// while its heap is collected and scavenged, vmtest/cmd/vmtest-alloc).
 const (
 	streamerScript = `i=0; while :; do echo "tick $i"; i=$((i+1)); sleep 0.05; done`
 	floodScript    = `while :; do seq 1 20000; done`
@@ -31,7 +33,7 @@ const (
 
 func startWorkload(t *testing.T, r *rpc) {
 	t.Helper()
-	for tag, script := range map[string]string{"streamer": streamerScript, "flood": floodScript, "alloc": allocScript} {
+	for tag, script := range map[string]string{"streamer": streamerScript, "flood": floodScript, "alloc": allocScript, "goalloc": "exec " + AllocLoad} {
 		sub, err := r.startStream(t, tag, script)
 		if err != nil {
 			t.Fatalf("start %s: %v", tag, err)
@@ -199,6 +201,15 @@ func TestSnapshotCycles(t *testing.T) {
 			}
 			res.streamWait = time.Since(start)
 			nsub.close()
+		}
+		// The Go allocation load survived, with no corrupt buffer.
+		if gsub, err := vm.newRPC().connectStream(t, "goalloc"); err != nil {
+			fail("goalloc gone after restore (corruption?): %v", err)
+		} else {
+			if err := gsub.waitFor("alloc ok", 30*time.Second); err != nil {
+				fail("goalloc after restore: %v", err)
+			}
+			gsub.close()
 		}
 		nw, err := cr.watchDir(t, "/tmp/watched")
 		if err != nil {

@@ -56,8 +56,12 @@ func buildImage(t *testing.T) (Kernel, string) {
 				return
 			}
 		}
+		alloc := filepath.Join(image.dir, "vmtest-alloc")
+		if image.err = BuildAllocLoad(root, alloc); image.err != nil {
+			return
+		}
 		image.initrd = filepath.Join(image.dir, "initramfs.cpio")
-		image.err = BuildInitramfs(image.initrd, envd, image.kernel)
+		image.err = BuildInitramfs(image.initrd, envd, image.kernel, map[string]string{AllocLoad: alloc})
 	})
 	if image.err != nil {
 		t.Fatalf("build VM image: %v", image.err)

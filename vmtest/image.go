@@ -62,12 +62,23 @@ func RepoRoot() (string, error) {
 }
 
 // BuildEnvd builds a static envd binary into out.
-func BuildEnvd(repoRoot, out string) error {
-	cmd := exec.Command("go", "build", "-trimpath", "-o", out, "./cmd/envd")
+func BuildEnvd(repoRoot, out string) error { return buildStatic(repoRoot, out, "./cmd/envd") }
+
+// AllocLoad is the guest path of the allocation-heavy Go load
+// (vmtest/cmd/vmtest-alloc) when BuildInitramfs was given it.
+const AllocLoad = "/usr/local/bin/vmtest-alloc"
+
+// BuildAllocLoad builds vmtest/cmd/vmtest-alloc statically into out.
+func BuildAllocLoad(repoRoot, out string) error {
+	return buildStatic(repoRoot, out, "./vmtest/cmd/vmtest-alloc")
+}
+
+func buildStatic(repoRoot, out, pkg string) error {
+	cmd := exec.Command("go", "build", "-trimpath", "-o", out, pkg)
 	cmd.Dir = repoRoot
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("build envd: %v: %s", err, b)
+		return fmt.Errorf("build %s: %v: %s", pkg, err, b)
 	}
 	return nil
 }
@@ -81,11 +92,16 @@ var GuestModules = []string{"virtio_mmio", "virtio_pci", "virtio_net", "virtio_c
 
 // BuildInitramfs writes an initramfs with envd as /init, static busybox
 // with its applet links, the virtio modules and a passwd with root and
-// user (uid 1000).
-func BuildInitramfs(out, envd string, k Kernel) error {
+// user (uid 1000). Extra maps guest paths to host files to add.
+func BuildInitramfs(out, envd string, k Kernel, extra map[string]string) error {
 	f := NewInitramfs()
 	if err := f.CopyFile("init", 0o755, envd); err != nil {
 		return err
+	}
+	for guest, hostPath := range extra {
+		if err := f.CopyFile(guest, 0o755, hostPath); err != nil {
+			return err
+		}
 	}
 	// Without /dev/console the kernel starts init with fds 0-2 closed.
 	f.CharDev("dev/console", 0o600, 5, 1)

@@ -59,7 +59,7 @@ func run(execCmd string, mem int) (int, error) {
 	if err := vmtest.BuildEnvd(root, envd); err != nil {
 		return 0, err
 	}
-	if err := vmtest.BuildInitramfs(initrd, envd, k); err != nil {
+	if err := vmtest.BuildInitramfs(initrd, envd, k, nil); err != nil {
 		return 0, err
 	}
 	mmds := mmdstest.New()
