@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -28,6 +29,14 @@ type env struct {
 	srv    *httptest.Server
 	st     *state.State
 	client *http.Client
+	active atomic.Int64 // requests inside a handler
+}
+
+// waitIdle waits until no handler runs (a client may give up before the
+// server is done with its request).
+func (e *env) waitIdle(t testing.TB) {
+	t.Helper()
+	waitFor(t, func() bool { return e.active.Load() == 0 })
 }
 
 func newEnv(t testing.TB) *env {
@@ -38,12 +47,18 @@ func newEnv(t testing.TB) *env {
 	for _, rt := range h.Routes() {
 		mux.Handle(rt.Pattern, rt.Handler)
 	}
-	srv := httptest.NewServer(mux)
-	t.Cleanup(srv.Close)
+	e := &env{st: st}
+	e.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		e.active.Add(1)
+		defer e.active.Add(-1)
+		mux.ServeHTTP(w, r)
+	}))
+	t.Cleanup(e.srv.Close)
 	// No transparent gzip: tests look at the raw encoding.
 	client := &http.Client{Transport: &http.Transport{DisableCompression: true}, Timeout: 5 * time.Minute}
 	t.Cleanup(client.CloseIdleConnections)
-	return &env{srv: srv, st: st, client: client}
+	e.client = client
+	return e
 }
 
 func (e *env) url(path string, kv ...string) string {

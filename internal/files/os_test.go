@@ -124,7 +124,8 @@ func TestAbortedUploadKeepsOld(t *testing.T) {
 	// Wait until the server has created its temp file, then vanish.
 	waitFor(t, func() bool { m, _ := filepath.Glob(filepath.Join(dir, ".envd-upload-*")); return len(m) == 1 })
 	conn.Close()
-	waitFor(t, func() bool { m, _ := filepath.Glob(filepath.Join(dir, ".envd-upload-*")); return len(m) == 0 })
+	e.waitIdle(t)
+	noTemps(t, dir)
 	if readFile(t, target) != "old content" {
 		t.Fatal("old content destroyed")
 	}
@@ -295,17 +296,25 @@ func TestUploadRequestTooShortKeepsOld(t *testing.T) {
 	e := newEnv(t)
 	target := filepath.Join(t.TempDir(), "f")
 	os.WriteFile(target, []byte("old"), 0o644)
-	// Content-Length promises more than the body has.
-	req, _ := http.NewRequest("POST", e.url("/files", "path", target), io.LimitReader(strings.NewReader(strings.Repeat("x", 100)), 50))
-	req.ContentLength = 100
-	req.Header.Set("Content-Type", "application/octet-stream")
-	if resp, err := e.client.Do(req); err == nil {
-		resp.Body.Close()
+	conn, err := net.Dial("tcp", e.srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
 	}
-	waitFor(t, func() bool {
-		m, _ := filepath.Glob(filepath.Join(filepath.Dir(target), ".envd-upload-*"))
-		return len(m) == 0
-	})
+	defer conn.Close()
+	// Content-Length promises more than the body has, then EOF.
+	fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 100\r\n\r\n%s",
+		strings.TrimPrefix(e.url("/files", "path", target), e.srv.URL), strings.Repeat("x", 50))
+	conn.(*net.TCPConn).CloseWrite()
+	conn.SetReadDeadline(time.Now().Add(60 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 400 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	noTemps(t, filepath.Dir(target))
 	if readFile(t, target) != "old" {
 		t.Fatal("old content destroyed")
 	}
