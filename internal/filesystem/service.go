@@ -164,7 +164,12 @@ func (s *Service) Stat(ctx context.Context, req *connect.Request[pb.StatRequest]
 	if err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&pb.StatResponse{Entry: e}), nil
+	resp := connect.NewResponse(&pb.StatResponse{Entry: e})
+	if isLegacy(req.Header()) {
+		resp.Msg.Entry = legacyEntry(e)
+		markLegacy(resp.Header())
+	}
+	return resp, nil
 }
 
 func (s *Service) MakeDir(ctx context.Context, req *connect.Request[pb.MakeDirRequest]) (*connect.Response[pb.MakeDirResponse], error) {
@@ -199,7 +204,12 @@ func (s *Service) MakeDir(ctx context.Context, req *connect.Request[pb.MakeDirRe
 	if err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&pb.MakeDirResponse{Entry: e}), nil
+	resp := connect.NewResponse(&pb.MakeDirResponse{Entry: e})
+	if isLegacy(req.Header()) {
+		resp.Msg.Entry = legacyEntry(e)
+		markLegacy(resp.Header())
+	}
+	return resp, nil
 }
 
 func (s *Service) Move(ctx context.Context, req *connect.Request[pb.MoveRequest]) (*connect.Response[pb.MoveResponse], error) {
@@ -235,7 +245,12 @@ func (s *Service) Move(ctx context.Context, req *connect.Request[pb.MoveRequest]
 	if err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&pb.MoveResponse{Entry: e}), nil
+	resp := connect.NewResponse(&pb.MoveResponse{Entry: e})
+	if isLegacy(req.Header()) {
+		resp.Msg.Entry = legacyEntry(e)
+		markLegacy(resp.Header())
+	}
+	return resp, nil
 }
 
 func (s *Service) Remove(ctx context.Context, req *connect.Request[pb.RemoveRequest]) (*connect.Response[pb.RemoveResponse], error) {
@@ -280,7 +295,14 @@ func (s *Service) ListDir(ctx context.Context, req *connect.Request[pb.ListDirRe
 	if err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&pb.ListDirResponse{Entries: entries}), nil
+	resp := connect.NewResponse(&pb.ListDirResponse{Entries: entries})
+	if isLegacy(req.Header()) {
+		for i, e := range entries {
+			entries[i] = legacyEntry(e)
+		}
+		markLegacy(resp.Header())
+	}
+	return resp, nil
 }
 
 func listDir(ctx context.Context, p string, depth int) ([]*pb.EntryInfo, error) {

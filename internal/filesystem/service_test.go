@@ -370,3 +370,23 @@ func TestListDirLarge(t *testing.T) {
 		}
 	}
 }
+
+func TestLegacySDK(t *testing.T) {
+	e := newEnv(t, Options{})
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "f"), []byte("x"), 0o644)
+	r := req("", &pb.ListDirRequest{Path: dir})
+	r.Header().Set("User-Agent", "connect-python")
+	resp, err := e.client.ListDir(ctx(t), r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := resp.Msg.Entries[0]
+	if resp.Header().Get("X-E2B-Legacy-SDK") != "true" || got.Name != "f" || got.Size != 0 || got.Permissions != "" || got.ModifiedTime != nil {
+		t.Fatalf("legacy entry %v, header %v", got, resp.Header())
+	}
+	full, _ := e.client.Stat(ctx(t), req("", &pb.StatRequest{Path: filepath.Join(dir, "f")}))
+	if full.Msg.Entry.Size != 1 || full.Header().Get("X-E2B-Legacy-SDK") != "" {
+		t.Fatalf("normal entry %v", full.Msg.Entry)
+	}
+}

@@ -79,6 +79,10 @@ func (s *Service) WatchDir(ctx context.Context, req *connect.Request[pb.WatchDir
 	defer w.close()
 
 	interval := keepaliveInterval(req.Header())
+	legacy := isLegacy(req.Header())
+	if legacy {
+		markLegacy(stream.ResponseHeader())
+	}
 	if err := s.send(ctx, stream, &pb.WatchDirResponse{Event: &pb.WatchDirResponse_Start{Start: &pb.WatchDirResponse_StartEvent{}}}); err != nil {
 		return err
 	}
@@ -93,6 +97,9 @@ func (s *Service) WatchDir(ctx context.Context, req *connect.Request[pb.WatchDir
 			return connect.NewError(connect.CodeCanceled, ctx.Err())
 		case <-w.ready:
 			evs, werr := w.take()
+			if legacy {
+				legacyEvents(evs)
+			}
 			// A burst leaves in one flush, not one write per event.
 			release := writectl.Hold(ctx)
 			for _, ev := range evs {
@@ -195,7 +202,12 @@ func (s *Service) GetWatcherEvents(ctx context.Context, req *connect.Request[pb.
 	if len(evs) == 0 && werr != nil {
 		return nil, connect.NewError(connect.CodeInternal, fmt.Errorf("watcher error: %w", werr))
 	}
-	return connect.NewResponse(&pb.GetWatcherEventsResponse{Events: evs}), nil
+	resp := connect.NewResponse(&pb.GetWatcherEventsResponse{Events: evs})
+	if isLegacy(req.Header()) {
+		legacyEvents(evs)
+		markLegacy(resp.Header())
+	}
+	return resp, nil
 }
 
 func (s *Service) RemoveWatcher(ctx context.Context, req *connect.Request[pb.RemoveWatcherRequest]) (*connect.Response[pb.RemoveWatcherResponse], error) {
