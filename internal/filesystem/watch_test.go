@@ -334,3 +334,53 @@ func TestWatchAsUser(t *testing.T) {
 		}
 	}
 }
+
+// inotifyFDs counts this process's open inotify instances.
+func inotifyFDs(t *testing.T) int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range ents {
+		if l, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && l == "anon_inode:inotify" {
+			n++
+		}
+	}
+	return n
+}
+
+func waitInotify(t *testing.T, want int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for inotifyFDs(t) != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d inotify fds, want %d", inotifyFDs(t), want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestWatchersReleased(t *testing.T) {
+	e := newEnv(t, Options{})
+	dir := t.TempDir()
+	base := inotifyFDs(t)
+
+	c, cancel := context.WithCancel(context.Background())
+	s, err := e.client.WatchDir(c, req("", &pb.WatchDirRequest{Path: dir, Recursive: true}))
+	if err != nil || !s.Receive() {
+		t.Fatalf("watch: %v %v", err, s.Err())
+	}
+	waitInotify(t, base+1)
+	cancel()
+	s.Close()
+	waitInotify(t, base)
+
+	resp, err := e.client.CreateWatcher(ctx(t), req("", &pb.CreateWatcherRequest{Path: dir}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitInotify(t, base+1)
+	e.client.RemoveWatcher(ctx(t), req("", &pb.RemoveWatcherRequest{WatcherId: resp.Msg.WatcherId}))
+	waitInotify(t, base)
+}
