@@ -138,7 +138,8 @@ func (f *Forwarder) serve(ctx context.Context, c *conn, target netip.AddrPort) {
 	d := net.Dialer{Timeout: f.opts.DialTimeout}
 	u, err := d.DialContext(ctx, network, target.String())
 	if err != nil {
-		// Refused or timed out: the client sees an orderly close.
+		// Refused, reset during connect, or timed out: the client sees an
+		// orderly close.
 		f.nDialKO.Add(1)
 		return
 	}
