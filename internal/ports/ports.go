@@ -41,7 +41,7 @@ type Stats struct {
 	Forwarded        int    // ports currently forwarded
 	Connections      int64  // live forwarded connections
 	ConnectionsTotal uint64 // connections accepted since start-up
-	DialFailures     uint64 // connections closed because the loopback target refused or timed out
+	DialFailures     uint64 // connections closed because the loopback target refused, reset or timed out
 	Scans            uint64 // completed scans
 }
 
