@@ -175,6 +175,7 @@ type debugInfo struct {
 	Restores          uint64 `json:"restores"`
 	SelfRecoveries    uint64 `json:"selfRecoveries"`
 	LastTrigger       string `json:"lastTrigger"`
+	LastFrom          string `json:"lastFrom"`
 	LastClosed        int    `json:"lastClosed"`
 	LastRecoverUs     int64  `json:"lastRecoverUs"`
 	LastGapUs         int64  `json:"lastGapUs"`
@@ -199,11 +200,34 @@ func (v *testVM) debug() debugInfo {
 	return d
 }
 
-// initNow posts /init with the host's current time.
+// initNow posts /init the way e2b's orchestrator does: a fresh timestamp
+// per attempt, 50 ms per attempt, retried every 5 ms for up to 10 s (then
+// one patient attempt). A timestamp is stale by the request's one-way
+// latency when envd applies it, so the short attempts are what bounds the
+// clock skew: right after a restore the first requests are slow.
 func (v *testVM) initNow() {
 	v.t.Helper()
-	body := fmt.Sprintf(`{"timestamp":%q}`, time.Now().UTC().Format(time.RFC3339Nano))
-	if st := v.do("POST", "/init", strings.NewReader(body), nil); st != 204 {
-		v.t.Fatalf("/init: status %d", st)
+	c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	attempt := func(timeout time.Duration) (int, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		body := fmt.Sprintf(`{"timestamp":%q}`, time.Now().UTC().Format(time.RFC3339Nano))
+		req, _ := http.NewRequestWithContext(ctx, "POST", v.URL()+"/init", strings.NewReader(body))
+		resp, err := c.Do(req)
+		if err != nil {
+			return 0, err
+		}
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if st, err := attempt(50 * time.Millisecond); err == nil && st == 204 {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if st, err := attempt(30 * time.Second); err != nil || st != 204 {
+		v.t.Fatalf("/init: %d %v", st, err)
 	}
 }

@@ -55,7 +55,9 @@ type restoreStats struct {
 	ClockJumps     uint64 `json:"clockJumps"`
 	SelfRecoveries uint64 `json:"selfRecoveries"`
 	LastTrigger    string `json:"lastTrigger"`
+	LastFrom       string `json:"lastFrom"` // remote address of a request trigger
 	LastClosed     int    `json:"lastClosed"`
+	JumpClosed     uint64 `json:"jumpClosed"` // idle connections closed on clock jumps, total
 	LastRecoverUs  int64  `json:"lastRecoverUs"`
 	LastPrepareUs  int64  `json:"lastPrepareUs"`
 	// LastGapUs is guest time from the end of the prepare to the start of
@@ -212,6 +214,7 @@ func (s *Snapshot) recover(keep, trigger string) bool {
 		s.stats.SelfRecoveries++
 	}
 	s.stats.LastTrigger = trigger
+	s.stats.LastFrom = keep
 	s.stats.LastClosed = n
 	s.stats.LastRecoverUs = time.Since(start).Microseconds()
 	s.opts.Logger.Info("restore recovery", "trigger", trigger, "closedConns", n, "took", time.Since(start))
@@ -236,7 +239,7 @@ func (s *Snapshot) onJump(d time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.opts.Tracker.mark()
-	s.stats.LastClosed = s.opts.Tracker.closeBefore("", true)
+	s.stats.JumpClosed += uint64(s.opts.Tracker.closeBefore("", true))
 	if s.opts.CloseIdleClients != nil {
 		s.opts.CloseIdleClients()
 	}

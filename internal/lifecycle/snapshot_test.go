@@ -247,7 +247,7 @@ func TestClockJumpClosesIdle(t *testing.T) {
 	})
 	s.snap.onJump(3 * time.Second)
 	d := s.debug(t)
-	if d.ClockJumps != 1 || d.LastClosed != 1 || d.Restores != 0 {
+	if d.ClockJumps != 1 || d.JumpClosed != 1 || d.Restores != 0 {
 		t.Fatalf("%+v", d)
 	}
 	if _, err := br.ReadString('\n'); err != nil {
