@@ -4,9 +4,9 @@
 import assert from 'node:assert/strict'
 import { createHash, randomBytes } from 'node:crypto'
 import { createReadStream } from 'node:fs'
-import { chown, lstat, mkdir, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises'
+import { lstat, mkdir, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises'
 import path from 'node:path'
-import { after, describe, test } from 'node:test'
+import { after, before, describe, test } from 'node:test'
 
 import { FileNotFoundError, InvalidArgumentError } from 'e2b'
 
@@ -16,7 +16,12 @@ const ctx = useEnvd({ init: { defaultUser: SANDBOX_USER } })
 const opts = { timeout: TEST_TIMEOUT_MS }
 
 // Everything this file writes lives under root; removed at the end.
+// Owned by the sandbox user, like everything under its home in a template.
 const root = uniquePath(SANDBOX_HOME, 'compat-fs')
+before(async () => {
+  await mkdir(root)
+  await host('chown', [`${SANDBOX_USER}:${SANDBOX_USER}`, root])
+})
 after(async () => {
   await rm(root, { recursive: true, force: true })
 })
@@ -25,18 +30,17 @@ after(async () => {
 const fresh = (name = 'd') => uniquePath(root, name)
 
 /**
- * Writes files directly on disk (envd runs on this machine), owned by the
- * sandbox user, so tests of the Filesystem RPCs do not depend on /files.
+ * Writes files directly on disk (envd runs on this machine) so tests of the
+ * Filesystem RPCs do not depend on /files; dir and everything in it end up
+ * owned by the sandbox user, as under its home in a real sandbox.
  */
 async function fixture(dir, files) {
-  const uid = Number((await host('id', ['-u', SANDBOX_USER])).trim())
-  const gid = Number((await host('id', ['-g', SANDBOX_USER])).trim())
   for (const [rel, data] of Object.entries(files)) {
     const p = path.posix.join(dir, rel)
     await mkdir(path.posix.dirname(p), { recursive: true })
     await writeFile(p, data)
-    await chown(p, uid, gid)
   }
+  await host('chown', ['-R', `${SANDBOX_USER}:${SANDBOX_USER}`, dir])
 }
 
 async function rejection(p) {
