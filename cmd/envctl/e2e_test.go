@@ -104,6 +104,12 @@ func TestJSONShapes(t *testing.T) {
 	if out := ok(t, addr, "metrics"); !strings.Contains(out, "cpu") || !strings.Contains(out, "disk") {
 		t.Errorf("metrics = %q", out)
 	}
+	if out := ok(t, addr, "snapshot", "prepare"); out != "" {
+		t.Errorf("snapshot prepare printed %q", out)
+	}
+	if out := ok(t, addr, "health"); !strings.HasPrefix(out, "ok (envd ") {
+		t.Errorf("health after prepare = %q", out)
+	}
 }
 
 // treeSums maps every regular file under root (relative path) to its

@@ -251,13 +251,15 @@ func TestEnvVarsAndToken(t *testing.T) {
 	if r := envctl(t, env, "health"); r.code != 0 || !strings.HasPrefix(r.stdout, "ok") {
 		t.Fatalf("health via ENVD_ADDR: %+v", r)
 	}
-	if r := envctl(t, env, "init", "--access-token", "envdtc-tok", "--env", "GREETING=hi", "--workdir", "/tmp"); r.code != 0 {
+	r := envctl(t, env, "--json", "init", "--access-token", "envdtc-tok", "--env", "GREETING=hi", "--workdir", "/tmp")
+	if r.code != 0 {
 		t.Fatalf("init: %+v", r)
 	}
+	hasKeys(t, "init", r.stdout, "version")
 	if r := envctl(t, env, "envs"); r.code != 1 || !strings.Contains(r.stderr, "unauthenticated") {
 		t.Errorf("envs without token: %+v", r)
 	}
-	r := envctl(t, append(env, "ENVD_TOKEN=envdtc-tok"), "envs")
+	r = envctl(t, append(env, "ENVD_TOKEN=envdtc-tok"), "envs")
 	if r.code != 0 || !strings.Contains(r.stdout, "GREETING=hi\n") {
 		t.Errorf("envs with ENVD_TOKEN: %+v", r)
 	}
