@@ -127,7 +127,7 @@ describe('commands.run', () => {
     const started = []
     const err = await rejection(
       (async () => {
-        const h = await ctx.sbx.commands.run('exec sleep 300', { background: true, timeoutMs: 2_000 })
+        const h = await ctx.sbx.commands.run('exec sleep 300', { background: true, timeoutMs: 5_000 })
         started.push(h.pid)
         return h.wait()
       })(),
