@@ -25,7 +25,7 @@ import (
 )
 
 type initEnv struct {
-	t      *testing.T
+	t      testing.TB
 	st     *state.State
 	init   *Init
 	srv    *httptest.Server
@@ -68,7 +68,7 @@ type envOpt func(*InitOptions, *initEnv)
 // notFC removes MMDS from the options (-isnotfc).
 func notFC(o *InitOptions, _ *initEnv) { o.MMDS = nil }
 
-func newInitEnv(t *testing.T, opts ...envOpt) *initEnv {
+func newInitEnv(t testing.TB, opts ...envOpt) *initEnv {
 	t.Helper()
 	e := &initEnv{t: t, st: state.New(), dir: t.TempDir(), mmds: mmdstest.New()}
 	t.Cleanup(e.mmds.Close)
