@@ -377,6 +377,9 @@ func TestUploadMultipart(t *testing.T) {
 		t.Fatalf("got %+v", got)
 	}
 	unix.Setxattr(target, "user.keepme", []byte("1"), 0)
+	if err := unix.Setxattr(target, "trusted.dropme", []byte("1"), 0); err != nil {
+		t.Fatalf("set trusted xattr: %v", err)
+	}
 	// Replace semantics: the next upload's set replaces the old one.
 	r = e.do(t, "POST", e.url("/files", "path", target), map[string]string{"Content-Type": ct, "X-Metadata-Author": "other"}, bytes.NewReader(body))
 	if got := entries(t, r); !reflect.DeepEqual(got[0].Metadata, map[string]string{"author": "other"}) {
@@ -390,6 +393,9 @@ func TestUploadMultipart(t *testing.T) {
 		n, err := unix.Getxattr(target, "user.keepme", v)
 		if err != nil || string(v[:n]) != "1" {
 			t.Fatalf("foreign xattr lost: %v", err)
+		}
+		if _, err := unix.Getxattr(target, "trusted.dropme", v); err == nil {
+			t.Fatal("trusted.* xattr copied to the new file")
 		}
 	}
 

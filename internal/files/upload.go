@@ -403,28 +403,33 @@ func resolveFinal(p string) (string, error) {
 	return "", &os.PathError{Op: "readlink", Path: p, Err: unix.ELOOP}
 }
 
-// copyForeignXattrs carries the replaced file's other xattrs (ACLs,
-// user.*) to the new inode; the user.e2b.* set is replaced, not kept.
+// copyForeignXattrs carries the replaced file's ACLs and other user.*
+// xattrs to the new inode; the user.e2b.* set is replaced, not kept.
+// Never security.* or trusted.*: a file capability copied as root onto
+// content the user wrote would be an escalation. l*xattr: a symlink
+// swapped in after the checks yields nothing.
 func copyForeignXattrs(from string, fd int) {
-	sz, err := unix.Listxattr(from, nil)
+	sz, err := unix.Llistxattr(from, nil)
 	if err != nil || sz == 0 {
 		return
 	}
 	names := make([]byte, sz)
-	sz, err = unix.Listxattr(from, names)
+	sz, err = unix.Llistxattr(from, names)
 	if err != nil {
 		return
 	}
 	for _, name := range strings.Split(strings.TrimRight(string(names[:sz]), "\x00"), "\x00") {
-		if name == "" || strings.HasPrefix(name, fsmeta.Prefix) {
+		keep := strings.HasPrefix(name, "user.") && !strings.HasPrefix(name, fsmeta.Prefix) ||
+			name == "system.posix_acl_access"
+		if !keep {
 			continue
 		}
-		n, err := unix.Getxattr(from, name, nil)
+		n, err := unix.Lgetxattr(from, name, nil)
 		if err != nil {
 			continue
 		}
 		val := make([]byte, n)
-		if n, err = unix.Getxattr(from, name, val); err == nil {
+		if n, err = unix.Lgetxattr(from, name, val); err == nil {
 			unix.Fsetxattr(fd, name, val[:n], 0)
 		}
 	}

@@ -243,7 +243,14 @@ func (w *watch) read() {
 			return
 		}
 		w.b = entryBuilder{} // fresh id→name maps per batch
-		if !w.handle(buf[:n]) {
+		ok := true
+		if w.includeEntry && !w.creds.IsRoot() {
+			// Entries are stat'ed (and their xattrs read) as the user.
+			fsuser.Do(w.creds, func() error { ok = w.handle(buf[:n]); return nil })
+		} else {
+			ok = w.handle(buf[:n])
+		}
+		if !ok {
 			return
 		}
 	}

@@ -319,7 +319,7 @@ func TestWatchAsUser(t *testing.T) {
 	u := fsusertest.NewUser(t)
 	private := filepath.Join(u.Home, "private")
 	os.Mkdir(private, 0o700) // root-owned inside the user's home
-	ch := stream(t, e, u.Name, &pb.WatchDirRequest{Path: "~", Recursive: true}, nil)
+	ch := stream(t, e, u.Name, &pb.WatchDirRequest{Path: "~", Recursive: true, IncludeEntry: true}, nil)
 	os.WriteFile(filepath.Join(private, "secret"), nil, 0o600)
 	os.WriteFile(filepath.Join(u.Home, "visible"), nil, 0o644)
 	for {
@@ -328,7 +328,10 @@ func TestWatchAsUser(t *testing.T) {
 			if strings.HasPrefix(ev.Name, "private/") {
 				t.Fatalf("user saw %v", ev)
 			}
-			if ev.Name == "visible" {
+			if ev.Name == "visible" && ev.Type == create {
+				if ev.Entry == nil || ev.Entry.Owner != "root" || ev.Entry.Path != filepath.Join(u.Home, "visible") {
+					t.Fatalf("entry %v", ev.Entry)
+				}
 				return
 			}
 		}
