@@ -44,7 +44,8 @@ func newHarness(t *testing.T, adjust func(*Options)) *harness {
 	}
 	svc := New(opts)
 	mux := http.NewServeMux()
-	mux.Handle(processconnect.NewProcessHandler(svc, connect.WithInterceptors(auth.UserInterceptor(st))))
+	hopts := append([]connect.HandlerOption{connect.WithInterceptors(auth.UserInterceptor(st))}, HandlerOptions()...)
+	mux.Handle(processconnect.NewProcessHandler(svc, hopts...))
 	srv := httptest.NewServer(mux)
 	t.Cleanup(func() {
 		svc.Close()
