@@ -220,14 +220,20 @@ func (v *testVM) initNow() {
 		resp.Body.Close()
 		return resp.StatusCode, nil
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if st, err := attempt(50 * time.Millisecond); err == nil && st == 204 {
-			return
+	// On a machine so loaded that no attempt fits in 50 ms for 10 s, one
+	// patient attempt gets /init through (the guest is warm afterwards) and
+	// another round of short attempts syncs the clock.
+	for round := 0; round < 3; round++ {
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			if st, err := attempt(50 * time.Millisecond); err == nil && st == 204 {
+				return
+			}
+			time.Sleep(5 * time.Millisecond)
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	if st, err := attempt(30 * time.Second); err != nil || st != 204 {
-		v.t.Fatalf("/init: %d %v", st, err)
+		if st, err := attempt(30 * time.Second); err != nil || st != 204 {
+			v.t.Fatalf("/init: %d %v", st, err)
+		}
+		v.t.Logf("/init: no 50 ms attempt succeeded in 10 s (round %d)", round)
 	}
 }
