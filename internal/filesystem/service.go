@@ -189,7 +189,8 @@ func (s *Service) MakeDir(ctx context.Context, req *connect.Request[pb.MakeDirRe
 			return connect.NewError(connect.CodeAlreadyExists, fmt.Errorf("directory already exists: %s", p))
 		case err == nil:
 			return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("path already exists but it is not a directory: %s", p))
-		case !errors.Is(err, os.ErrNotExist):
+		case !errors.Is(err, os.ErrNotExist) && !errors.Is(err, unix.ENOTDIR):
+			// ENOTDIR: a component is a file; MkdirAll names it below.
 			return fsError(err, "error getting file info")
 		}
 		if _, err := fsuser.MkdirAll(p, c.user.UID, c.user.GID); err != nil {
@@ -371,7 +372,7 @@ func (w *walker) dir(real, shown string, level int, top bool) error {
 			return connect.NewError(connect.CodeInternal, fmt.Errorf("error reading directory %s: lstat %s: %w", shown, abs, err))
 		}
 		e := w.b.fromStat(abs, &st)
-		e.Path = joinPath(shown, name)
+		e.Path = filepath.Join(shown, name) // cleaned, as e2b reports it
 		w.out = append(w.out, e)
 		if level < w.depth && st.Mode&unix.S_IFMT == unix.S_IFDIR {
 			if err := w.dir(abs, e.Path, level+1, false); err != nil {

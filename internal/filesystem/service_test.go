@@ -256,8 +256,8 @@ func TestMakeDirMoveRemove(t *testing.T) {
 	_, err := e.client.MakeDir(ctx(t), req("", &pb.MakeDirRequest{Path: filepath.Join(dir, "file")}))
 	wantCode(t, err, connect.CodeInvalidArgument)
 	_, err = e.client.MakeDir(ctx(t), req("", &pb.MakeDirRequest{Path: filepath.Join(dir, "file", "sub")}))
-	if connect.CodeOf(err) == 0 {
-		t.Fatal("mkdir under a file succeeded")
+	if connect.CodeOf(err) != connect.CodeInternal || !strings.Contains(err.Error(), "path is a file: "+filepath.Join(dir, "file")) {
+		t.Fatalf("mkdir under a file: %v", err)
 	}
 
 	// Metadata travels with the inode.
@@ -316,6 +316,7 @@ func TestListDir(t *testing.T) {
 		{dir, 2, []string{"file1.txt", "subdir1", "subdir1/a", "subdir1/b", "subdir2", "subdir2/a", "zlink"}},
 		{dir, 5, []string{"file1.txt", "subdir1", "subdir1/a", "subdir1/b", "subdir1/b/deep", "subdir2", "subdir2/a", "zlink"}},
 		{link, 1, []string{"file1.txt", "subdir1", "subdir2", "zlink"}},
+		{dir + "/./subdir1/", 1, []string{"a", "b"}},
 	}
 	for _, tc := range tests {
 		t.Run(fmt.Sprintf("%s depth %d", filepath.Base(tc.path), tc.depth), func(t *testing.T) {
@@ -323,7 +324,7 @@ func TestListDir(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got := names(resp.Msg.Entries, tc.path); !reflect.DeepEqual(got, tc.want) {
+			if got := names(resp.Msg.Entries, filepath.Clean(tc.path)); !reflect.DeepEqual(got, tc.want) {
 				t.Fatalf("got %v, want %v", got, tc.want)
 			}
 		})

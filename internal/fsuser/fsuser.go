@@ -163,7 +163,8 @@ func MkdirAll(dir string, uid, gid uint32) (bool, error) {
 		}
 		return false, nil
 	}
-	if !errors.Is(err, unix.ENOENT) {
+	// ENOTDIR: some parent is a file; the walk up names which one.
+	if !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENOTDIR) {
 		return false, &os.PathError{Op: "stat", Path: dir, Err: err}
 	}
 	if parent := parentDir(dir); parent != dir {
