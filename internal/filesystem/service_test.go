@@ -27,6 +27,7 @@ import (
 )
 
 type env struct {
+	addr   string // host:port of the test server
 	svc    *Service
 	client filesystemconnect.FilesystemClient
 	st     *state.State
@@ -47,7 +48,7 @@ func newEnv(t *testing.T, opts Options) *env {
 		srv.Close()
 		svc.Close()
 	})
-	return &env{svc: svc, client: filesystemconnect.NewFilesystemClient(srv.Client(), srv.URL), st: st}
+	return &env{addr: srv.Listener.Addr().String(), svc: svc, client: filesystemconnect.NewFilesystemClient(srv.Client(), srv.URL), st: st}
 }
 
 // req builds a request acting as user ("" = default user).

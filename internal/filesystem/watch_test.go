@@ -2,10 +2,13 @@ package filesystem
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -386,4 +389,45 @@ func TestWatchersReleased(t *testing.T) {
 	waitInotify(t, base+1)
 	e.client.RemoveWatcher(ctx(t), req("", &pb.RemoveWatcherRequest{WatcherId: resp.Msg.WatcherId}))
 	waitInotify(t, base)
+}
+
+// A WatchDir client that stops reading is dropped once a send blocks past
+// WriteTimeout, and its watch is released.
+func TestWatchDirDropsStalledClient(t *testing.T) {
+	e := newEnv(t, Options{WriteTimeout: 300 * time.Millisecond, MaxQueued: 1 << 30})
+	dir := t.TempDir()
+	name := filepath.Join(dir, strings.Repeat("n", 200))
+	f, err := os.Create(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	base := inotifyFDs(t)
+
+	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		return c.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+	}}
+	conn, err := d.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	msg := []byte(fmt.Sprintf(`{"path":%q,"includeEntry":true}`, dir))
+	env := append([]byte{0, 0, 0, 0, 0}, msg...)
+	binary.BigEndian.PutUint32(env[1:], uint32(len(msg)))
+	fmt.Fprintf(conn, "POST /filesystem.Filesystem/WatchDir HTTP/1.1\r\nHost: x\r\nContent-Type: application/connect+json\r\nConnect-Protocol-Version: 1\r\nContent-Length: %d\r\n\r\n", len(env))
+	conn.Write(env)
+	waitInotify(t, base+1)
+
+	// Every write is one WRITE event of about 700 bytes; nobody reads.
+	deadline := time.Now().Add(60 * time.Second)
+	for inotifyFDs(t) != base {
+		if time.Now().After(deadline) {
+			t.Fatal("stalled client still holds its watch")
+		}
+		for range 2000 {
+			f.Write([]byte("x"))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
