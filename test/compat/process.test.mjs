@@ -118,6 +118,17 @@ describe('commands.run', () => {
     assert.ok(/^a+$/.test(r.stdout))
   })
 
+  test('parallel commands each get their own output', opts, async () => {
+    const n = 16
+    const results = await Promise.all(
+      Array.from({ length: n }, (_, i) => ctx.sbx.commands.run(`echo "job ${i}"; echo "err ${i}" >&2`)),
+    )
+    results.forEach((r, i) => {
+      assert.equal(r.stdout, `job ${i}\n`)
+      assert.equal(r.stderr, `err ${i}\n`)
+    })
+  })
+
   test('stdin is /dev/null unless requested', opts, async () => {
     const r = await ctx.sbx.commands.run('cat; echo "rc=$?"')
     assert.equal(r.stdout, 'rc=0\n')
@@ -223,6 +234,20 @@ describe('background commands', () => {
     assert.equal(r.stdout, out.text)
   })
 
+  test('a megabyte of stdin arrives intact and in order', opts, async () => {
+    const h = await ctx.sbx.commands.run('sha256sum | cut -d" " -f1; echo', { background: true, stdin: true })
+    const chunk = 64 * 1024
+    const hash = (await import('node:crypto')).createHash('sha256')
+    for (let i = 0; i < 16; i++) {
+      const b = Buffer.alloc(chunk, String.fromCharCode(97 + i))
+      hash.update(b)
+      await h.sendStdin(new Uint8Array(b))
+    }
+    await h.closeStdin()
+    const r = await h.wait()
+    assert.equal(r.stdout.trim(), hash.digest('hex'))
+  })
+
   test('two subscribers both receive the output', opts, async () => {
     const a = new Collector()
     const b = new Collector()
@@ -297,6 +322,28 @@ describe('pty', () => {
       await ctx.sbx.pty.resize(handle.pid, { cols: 132, rows: 41 })
       await ctx.sbx.pty.sendInput(handle.pid, enc.encode('echo "S2:$(stty size):E"\n'))
       await out.until('S2:41 132:E')
+    } finally {
+      await ctx.sbx.pty.kill(handle.pid)
+      await handle.wait().catch(() => {})
+    }
+  })
+
+  test('bulk PTY output arrives complete', opts, async () => {
+    const { handle, out } = await openPty({ cols: 80, rows: 24 })
+    try {
+      await ctx.sbx.pty.sendInput(handle.pid, new TextEncoder().encode('seq 1 20000; echo "D""ONE"\n'))
+      await out.until('DONE')
+      // Drop terminal control sequences (bracketed paste, prompt) and CRs.
+      const lines = out.text
+        .replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '')
+        .split('\n')
+        .map((l) => l.replace(/\r/g, ''))
+      const start = lines.indexOf('1')
+      assert.ok(start >= 0, 'first line of seq missing')
+      assert.deepEqual(
+        lines.slice(start, start + 20000),
+        Array.from({ length: 20000 }, (_, i) => String(i + 1)),
+      )
     } finally {
       await ctx.sbx.pty.kill(handle.pid)
       await handle.wait().catch(() => {})
