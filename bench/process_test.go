@@ -23,6 +23,7 @@ import (
 	"github.com/envd-go/envd/internal/pid1"
 	"github.com/envd-go/envd/internal/process"
 	"github.com/envd-go/envd/internal/state"
+	"github.com/envd-go/envd/internal/writectl"
 )
 
 // procChildEnv switches the test binary into a Process service server
@@ -44,7 +45,8 @@ func procChild(mode string) int {
 	svc := process.New(process.Options{State: st, Reaper: reaper, ShellWrapper: mode == "shell"})
 	defer svc.Close()
 	mux := http.NewServeMux()
-	mux.Handle(processconnect.NewProcessHandler(svc, append([]connect.HandlerOption{connect.WithInterceptors(auth.UserInterceptor(st))}, process.HandlerOptions()...)...))
+	path, h := processconnect.NewProcessHandler(svc, append([]connect.HandlerOption{connect.WithInterceptors(auth.UserInterceptor(st))}, process.HandlerOptions()...)...)
+	mux.Handle(path, writectl.Wrap(h))
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -21,6 +21,7 @@ import (
 	"github.com/envd-go/envd/internal/auth"
 	"github.com/envd-go/envd/internal/pid1"
 	"github.com/envd-go/envd/internal/state"
+	"github.com/envd-go/envd/internal/writectl"
 )
 
 // harness is a Process service behind a real HTTP server, with a proto
@@ -45,7 +46,8 @@ func newHarness(t *testing.T, adjust func(*Options)) *harness {
 	svc := New(opts)
 	mux := http.NewServeMux()
 	hopts := append([]connect.HandlerOption{connect.WithInterceptors(auth.UserInterceptor(st))}, HandlerOptions()...)
-	mux.Handle(processconnect.NewProcessHandler(svc, hopts...))
+	path, handler := processconnect.NewProcessHandler(svc, hopts...)
+	mux.Handle(path, writectl.Wrap(handler)) // as internal/server does
 	srv := httptest.NewServer(mux)
 	t.Cleanup(func() {
 		svc.Close()

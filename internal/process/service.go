@@ -28,6 +28,7 @@ import (
 	"github.com/envd-go/envd/internal/pid1"
 	"github.com/envd-go/envd/internal/state"
 	"github.com/envd-go/envd/internal/users"
+	"github.com/envd-go/envd/internal/writectl"
 )
 
 // Defaults for the Options durations.
@@ -35,6 +36,7 @@ const (
 	DefaultWriteDeadline = 15 * time.Second
 	DefaultRetention     = 30 * time.Second
 	defaultKeepalive     = 90 * time.Second
+	sendBatch            = 16 // chunks per flush at most (512 KiB of pipe output)
 )
 
 // SystemTag marks host maintenance processes: they stay in envd's cgroup.
@@ -319,9 +321,16 @@ func (s *Service) start(msg *pb.StartRequest, u *users.User, lifetime time.Durat
 
 // stream sends start, data, keepalives and end to one subscriber. Leaving
 // (client gone, cancel, deadline) only unsubscribes; the process lives on.
-func (s *Service) stream(ctx context.Context, p *proc, sub *subscriber, keepalive time.Duration, send func(*pb.ProcessEvent) error) error {
+func (s *Service) stream(ctx context.Context, p *proc, sub *subscriber, keepalive time.Duration, sendRaw func(*pb.ProcessEvent) error) error {
 	if sub != nil {
 		defer p.out.unsubscribe(sub)
+	}
+	// A send may block this long; twice the queue's stall so a cut stream
+	// can still deliver its resource_exhausted to a reader that resumes.
+	sendTimeout := 2 * s.opts.WriteDeadline
+	send := func(ev *pb.ProcessEvent) error {
+		writectl.SetWriteDeadline(ctx, time.Now().Add(sendTimeout))
+		return sendRaw(ev)
 	}
 	if err := send(&pb.ProcessEvent{Event: &pb.ProcessEvent_Start{Start: &pb.ProcessEvent_StartEvent{Pid: uint32(p.pid)}}}); err != nil {
 		return connect.NewError(connect.CodeUnknown, fmt.Errorf("send start event: %w", err))
@@ -356,7 +365,23 @@ func (s *Service) stream(ctx context.Context, p *proc, sub *subscriber, keepaliv
 	for {
 		select {
 		case c := <-sub.ch:
-			if err := sendData(c); err != nil {
+			// Queued chunks leave in one flush; the write deadline frees
+			// this goroutine from a client that stopped reading.
+			release := writectl.Hold(ctx)
+			err := sendData(c)
+			for n := 1; err == nil && n < sendBatch; n++ {
+				select {
+				case c = <-sub.ch:
+					err = sendData(c)
+					continue
+				default:
+				}
+				break
+			}
+			if ferr := release(); err == nil && ferr != nil {
+				err = connect.NewError(connect.CodeUnknown, fmt.Errorf("flush: %w", ferr))
+			}
+			if err != nil {
 				return err
 			}
 			ka.Reset(keepalive)

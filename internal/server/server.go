@@ -20,6 +20,7 @@ import (
 	"github.com/envd-go/envd/internal/apierror"
 	"github.com/envd-go/envd/internal/auth"
 	"github.com/envd-go/envd/internal/host"
+	"github.com/envd-go/envd/internal/process"
 	"github.com/envd-go/envd/internal/state"
 	"github.com/envd-go/envd/internal/writectl"
 )
@@ -89,7 +90,10 @@ func Handler(d Deps) http.Handler {
 
 	opts := []connect.HandlerOption{connect.WithInterceptors(auth.UserInterceptor(d.State))}
 	if d.Process != nil {
-		mux.Handle(processconnect.NewProcessHandler(d.Process, opts...))
+		// process.HandlerOptions: the fast JSON codec for output chunks;
+		// writectl: per-send write deadlines and batched flushes.
+		path, h := processconnect.NewProcessHandler(d.Process, append(opts, process.HandlerOptions()...)...)
+		mux.Handle(path, writectl.Wrap(h))
 	}
 	if d.Filesystem != nil {
 		// writectl: WatchDir bounds each stream send with a write deadline.
