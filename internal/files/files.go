@@ -1,6 +1,21 @@
 // Package files serves GET /files (streaming download, gzip, ranges),
 // POST /files (atomic streaming upload, multipart or raw, gzip bodies,
 // metadata) and POST /files/compose, with the requesting user's rights.
+//
+// Where we differ from e2b on purpose:
+//   - Every file operation runs with the user's fsuid/fsgid (package
+//     fsuser): what the kernel refuses that user is 403.
+//   - Uploads are atomic: a temp file ".envd-upload-<hex>.tmp" beside the
+//     target, renamed over it at the end; failures remove it. Replacing
+//     needs write permission on the file (checked first) and on its
+//     directory (for the rename), and breaks hard links.
+//   - An existing target keeps its owner, mode (setuid/setgid dropped for
+//     non-root writers), ACLs and foreign user.* xattrs; a new file is owned
+//     by the user.
+//   - A final symlink stays a link: its target file (a dangling target is
+//     created) gets the content. Parent symlinks are followed by the kernel.
+//   - Client-side body errors (bad multipart, truncated gzip, short body)
+//     are 400; FIFOs and devices are neither served nor overwritten (400).
 package files
 
 import (
