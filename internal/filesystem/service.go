@@ -1,6 +1,14 @@
 // Package filesystem implements the Filesystem service: stat, list, move,
 // remove, make directories and watch, acting with the requesting user's
-// rights.
+// rights (package fsuser): what the kernel refuses the user is
+// permission_denied.
+//
+// Bounds e2b leaves open: a CreateWatcher watcher nobody polls for 10 min
+// is removed; at most 10000 undelivered events per watcher, more is a
+// watcher error ("event queue overflow"), never a silent gap; one WatchDir
+// send may block 60 s before the client is dropped. ListDir skips the
+// children of subdirectories the user cannot read (the entry itself is
+// listed); an unreadable top directory is permission_denied.
 package filesystem
 
 import (
