@@ -104,18 +104,6 @@ func run(ctx context.Context, cfg config) error {
 	conns := lifecycle.NewConnTracker()
 	snap := lifecycle.NewSnapshot(lifecycle.SnapshotOptions{Tracker: conns, Sampler: sampler, Logger: log, StopPorts: fwd.Stop, StartPorts: fwd.Start, CloseIdleClients: mmds.CloseIdleConnections})
 	defer snap.Close()
-	initAPI := lifecycle.NewInit(lifecycle.InitOptions{
-		State: st, Version: version, Logger: log, Reaper: reaper, MMDS: initMMDS,
-		HostsFile: cfg.HostsFile, CABundle: cfg.CABundle,
-		BeforeApply: snap.OnInit,
-		// Not with -isnotfc (unlike e2b): there is no MMDS to reach.
-		AfterInit: func() {
-			if !cfg.IsNotFC {
-				mmdsPoll.Poll(60 * time.Second)
-			}
-		},
-	})
-	defer initAPI.Wait()
 
 	// Falls back to Noop (logged once) when cgroup2 is absent or unusable.
 	var cg cgroups.Groups = cgroups.Noop{}
@@ -125,6 +113,19 @@ func run(ctx context.Context, cfg config) error {
 		cg = cgroups.Open(cgroups.Options{Root: cfg.CgroupRoot, Logger: log})
 	}
 	defer cg.Close()
+	initAPI := lifecycle.NewInit(lifecycle.InitOptions{
+		State: st, Version: version, Logger: log, Reaper: reaper, MMDS: initMMDS,
+		HostsFile: cfg.HostsFile, CABundle: cfg.CABundle,
+		BeforeApply: snap.OnInit,
+		Authorized:  lifecycle.ThawAfterInit(cg, log),
+		// Not with -isnotfc (unlike e2b): there is no MMDS to reach.
+		AfterInit: func() {
+			if !cfg.IsNotFC {
+				mmdsPoll.Poll(60 * time.Second)
+			}
+		},
+	})
+	defer initAPI.Wait()
 
 	procs := process.New(process.Options{State: st, Reaper: reaper, Cgroups: cg, Logger: log})
 	fs := filesystem.New(filesystem.Options{State: st, Logger: log})
