@@ -16,7 +16,11 @@ func (f *auditFreezer) Audit() (cgroups.AuditResult, bool) {
 	return cgroups.AuditResult{Visited: 3, Frozen: 2}, f.frozen
 }
 
-func (f *auditFreezer) Thaw() (cgroups.ThawResult, error) { f.thaws++; f.frozen = false; return cgroups.ThawResult{}, nil }
+func (f *auditFreezer) Thaw() (cgroups.ThawResult, error) {
+	f.thaws++
+	f.frozen = false
+	return cgroups.ThawResult{}, nil
+}
 
 func TestThawAfterInit(t *testing.T) {
 	f := &auditFreezer{frozen: true}
