@@ -1,6 +1,7 @@
 // Process service through the real e2b SDK: commands.run/start/connect/list/
 // kill, stdin, timeouts, and PTYs (input, resize, Ctrl-C, kill).
 import assert from 'node:assert/strict'
+import { createHash } from 'node:crypto'
 import { describe, test } from 'node:test'
 
 import { CommandExitError, SandboxError, TimeoutError } from 'e2b'
@@ -237,7 +238,7 @@ describe('background commands', () => {
   test('a megabyte of stdin arrives intact and in order', opts, async () => {
     const h = await ctx.sbx.commands.run('sha256sum | cut -d" " -f1; echo', { background: true, stdin: true })
     const chunk = 64 * 1024
-    const hash = (await import('node:crypto')).createHash('sha256')
+    const hash = createHash('sha256')
     for (let i = 0; i < 16; i++) {
       const b = Buffer.alloc(chunk, String.fromCharCode(97 + i))
       hash.update(b)
