@@ -2,6 +2,7 @@ package host
 
 import (
 	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -259,5 +260,19 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met within 30s")
 		}
 		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func TestMMDSStandInOnListener(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := mmdstest.NewOnListener(ln)
+	t.Cleanup(srv.Close)
+	srv.SetFields("i", "e", "", "")
+	md, err := NewMMDS(srv.URL).Fetch(context.Background())
+	if err != nil || md.InstanceID != "i" {
+		t.Fatalf("%+v %v", md, err)
 	}
 }

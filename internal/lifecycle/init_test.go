@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha512"
+	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -558,4 +560,10 @@ func FuzzParseInitRequest(f *testing.F) {
 			t.Fatal("token bytes without hasToken")
 		}
 	})
+}
+
+func TestInitHashCompareIsConstantTime(t *testing.T) {
+	if reflect.ValueOf(hashCompare).Pointer() != reflect.ValueOf(subtle.ConstantTimeCompare).Pointer() {
+		t.Fatal("token hash comparison is not crypto/subtle.ConstantTimeCompare")
+	}
 }

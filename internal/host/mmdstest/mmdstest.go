@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -35,6 +36,17 @@ type Server struct {
 func New() *Server {
 	s := &Server{data: map[string]any{}, tokens: map[string]bool{}}
 	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
+	return s
+}
+
+// NewOnListener serves the stand-in on ln (e.g. an address a VM guest can
+// reach); URL reflects ln's address.
+func NewOnListener(ln net.Listener) *Server {
+	s := &Server{data: map[string]any{}, tokens: map[string]bool{}}
+	s.Server = httptest.NewUnstartedServer(http.HandlerFunc(s.serve))
+	s.Server.Listener.Close()
+	s.Server.Listener = ln
+	s.Server.Start()
 	return s
 }
 
