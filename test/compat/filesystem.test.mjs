@@ -179,6 +179,26 @@ describe('files.write and files.read', () => {
   })
 })
 
+describe('users', () => {
+  test('an unknown user is AuthenticationError on RPCs and on /files', opts, async () => {
+    const dir = fresh()
+    await fixture(dir, { f: 'f' })
+    const u = { user: 'no-such-user-compat' }
+    for (const [name, call] of Object.entries({
+      list: () => ctx.sbx.files.list(dir, u),
+      getInfo: () => ctx.sbx.files.getInfo(`${dir}/f`, u),
+      makeDir: () => ctx.sbx.files.makeDir(`${dir}/g`, u),
+      read: () => ctx.sbx.files.read(`${dir}/f`, u),
+      write: () => ctx.sbx.files.write(`${dir}/h`, 'h', u),
+    })) {
+      const err = await rejection(call())
+      assert.equal(err?.name, 'AuthenticationError', `${name}: got ${err?.name}: ${err?.message}`)
+    }
+    assert.equal(await ctx.sbx.files.exists(`${dir}/g`), false)
+    assert.equal(await ctx.sbx.files.exists(`${dir}/h`), false)
+  })
+})
+
 describe('writeFiles', () => {
   test('many files in one request, nested directories created', opts, async () => {
     const dir = fresh()
