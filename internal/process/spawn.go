@@ -1,7 +1,6 @@
 package process
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -88,10 +87,11 @@ type spawner struct {
 }
 
 func newSpawner(shellOnly bool) *spawner {
+	// Restoring envd's own oom_score_adj after the fork needs no
+	// privilege: the kernel only refuses values below oom_score_adj_min,
+	// which never exceeds the current value.
 	sp := &spawner{}
-	// Without CAP_SYS_RESOURCE envd could not lower its own
-	// oom_score_adj back after a fork; use the wrapper instead.
-	sp.shellOnly.Store(shellOnly || !hasCapSysResource())
+	sp.shellOnly.Store(shellOnly)
 	return sp
 }
 
@@ -191,7 +191,7 @@ func (sp *spawner) direct(s *spawnSpec, prog string, nice, ionice bool) (int, er
 		}
 		defer func() {
 			if err := writeOOMScore(old); err != nil {
-				sp.shellOnly.Store(true) // cannot happen with CAP_SYS_RESOURCE
+				sp.shellOnly.Store(true) // should not happen; stop raising envd's value
 			}
 		}()
 	}
@@ -220,6 +220,9 @@ func lookPath(cmd, path, dir string) (string, bool) {
 	if strings.Contains(cmd, "/") {
 		p := abs(cmd)
 		return p, isExec(p)
+	}
+	if path == "" {
+		return "", false // let the shell apply its own rule
 	}
 	for _, d := range filepath.SplitList(path) {
 		if d == "" {
@@ -273,23 +276,6 @@ func writeOOMScore(v int) error {
 		return fmt.Errorf("write oom_score_adj: %w", err)
 	}
 	return nil
-}
-
-// hasCapSysResource reports whether envd may lower its oom_score_adj.
-func hasCapSysResource() bool {
-	f, err := os.Open("/proc/self/status")
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "CapEff:"); ok {
-			caps, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
-			return err == nil && caps&(1<<unix.CAP_SYS_RESOURCE) != 0
-		}
-	}
-	return false
 }
 
 // credential returns the child's uid/gid/groups. When envd is not root it
