@@ -17,8 +17,8 @@ func TestResolve(t *testing.T) {
 		{`~\a`, "", "/home/u/a", nil},
 		{"~root/x", "", "", ErrUserHome},
 		{"/abs/./x/../y", "/work", "/abs/./x/../y", nil}, // absolute: unchanged
-		{"rel/../x", "/work", "/home/u/x", nil},           // relative: to home, never workdir
-		{"../../etc/passwd", "", "/etc/passwd", nil},      // the kernel decides access
+		{"rel/../x", "/work", "/home/u/x", nil},          // relative: to home, never workdir
+		{"../../etc/passwd", "", "/etc/passwd", nil},     // the kernel decides access
 		{"a//b/", "", "/home/u/a/b", nil},
 		{"rel", "relwork", "/home/u/rel", nil},
 	}
