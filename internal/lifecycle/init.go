@@ -134,6 +134,7 @@ type initRequest struct {
 
 	token    []byte // decoded accessToken, nil when absent/null
 	hasToken bool
+	arrived  time.Time // when the handler started (monotonic)
 }
 
 var (
@@ -177,6 +178,7 @@ func parseInitRequest(body []byte) (*initRequest, error) {
 func (r *initRequest) wipe() { clear(r.token) }
 
 func (i *Init) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	arrived := time.Now()
 	w.Header().Set("X-Envd-Version", i.opts.Version)
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxInitBody+1))
 	if err != nil || len(body) > maxInitBody {
@@ -192,6 +194,7 @@ func (i *Init) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer req.wipe()
+	req.arrived = arrived
 
 	ctx := r.Context()
 	select {
@@ -249,7 +252,9 @@ func (i *Init) handleLocked(ctx context.Context, h http.Header, req *initRequest
 func (i *Init) apply(ctx context.Context, req *initRequest) (int, string) {
 	st := i.opts.State
 	if req.Timestamp != nil {
-		if stepped, err := i.opts.Clock.SyncTo(*req.Timestamp); err != nil {
+		// The timestamp was the host's time when the request arrived; the
+		// lock wait, the MMDS token check and restore recovery ran since.
+		if stepped, err := i.opts.Clock.SyncTo(req.Timestamp.Add(time.Since(req.arrived))); err != nil {
 			i.log.Error("init: set clock", "error", err)
 		} else if stepped {
 			i.log.Info("init: clock stepped to host time")
