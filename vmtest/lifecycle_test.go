@@ -3,6 +3,7 @@ package vmtest
 import (
 	"context"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -175,5 +176,30 @@ func TestVanishedClient(t *testing.T) {
 	}
 	if err := sub.waitFor("tick", 30*time.Second); err != nil {
 		t.Fatalf("post-restore stream cut: %v", err)
+	}
+}
+
+// TestShutdown: SIGTERM to envd as PID 1 stops serving, ends every
+// process and powers the VM off (PID 1 must never just exit: the kernel
+// would panic).
+func TestShutdown(t *testing.T) {
+	vm, _ := bootVM(t, vmOpts{sharedMem: true})
+	r := vm.newRPC()
+	sub, err := r.startStream(t, "sleeper", "trap '' TERM; echo ready; sleep 600")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sub.waitFor("ready", 60*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r.exec(ctx, "/bin/sh", "-c", "kill -TERM 1") // envd may go before answering
+	// 5 s grace, then SIGKILL for the process ignoring TERM, then power-off.
+	if !vm.Exited(90 * time.Second) {
+		t.Fatalf("VM still running 90 s after SIGTERM to PID 1")
+	}
+	if strings.Contains(vm.Console(), "Kernel panic") {
+		t.Errorf("kernel panic on shutdown:\n%s", lastLines(vm.Console(), 30))
 	}
 }

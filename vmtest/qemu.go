@@ -132,6 +132,7 @@ func (v *VM) args(incoming bool) []string {
 		"-M", machine, "-accel", accel, "-cpu", cpu,
 		"-m", fmt.Sprintf("%dM", c.MemMB), "-smp", "1",
 		"-nodefaults", "-no-user-config", "-display", "none",
+		"-no-reboot", // a guest reboot ends QEMU, as it ends Firecracker
 		"-chardev", "file,id=con,path="+filepath.Join(c.Dir, "console.log")+",append=on", "-serial", "chardev:con",
 		"-kernel", c.Kernel.Vmlinuz, "-initrd", c.Initrd,
 		"-append", strings.Join(kargs, " "),
@@ -179,6 +180,20 @@ func (v *VM) launch(incoming bool) error {
 	}
 	v.qmp = q
 	return nil
+}
+
+// Exited waits up to timeout for QEMU to end by itself (guest power-off
+// or reboot).
+func (v *VM) Exited(timeout time.Duration) bool {
+	if v.cmd == nil {
+		return true
+	}
+	select {
+	case <-v.exited:
+		return true
+	case <-time.After(timeout):
+		return false
+	}
 }
 
 // Stderr returns the current QEMU's stderr (for failure messages).
