@@ -343,12 +343,18 @@ func BenchmarkFiles(b *testing.B) {
 			}
 			f.Close()
 		}
-		for _, codec := range []string{"proto", "json"} {
+		// Host agents: proto; the SDK: JSON; both advertise gzip, which
+		// connect then applies to the response.
+		for _, codec := range []string{"proto", "proto-gzip", "json", "json-gzip"} {
 			b.Run(codec, func(b *testing.B) {
-				client := s.fs
-				if codec == "json" {
-					client = filesystemconnect.NewFilesystemClient(s.http, s.url, connect.WithProtoJSON())
+				var opts []connect.ClientOption
+				if strings.HasPrefix(codec, "json") {
+					opts = append(opts, connect.WithProtoJSON())
 				}
+				if !strings.HasSuffix(codec, "gzip") {
+					opts = append(opts, connect.WithAcceptCompression("gzip", nil, nil))
+				}
+				client := filesystemconnect.NewFilesystemClient(s.http, s.url, opts...)
 				// Warm up once so RSS growth is per call, not first-use.
 				if _, err := client.ListDir(context.Background(), connect.NewRequest(&pb.ListDirRequest{Path: ldir})); err != nil {
 					b.Fatal(err)

@@ -18,6 +18,19 @@ import (
 type entryBuilder struct {
 	names users.Names
 	meta  fsmeta.Reader
+	perms map[uint32]string // st_mode → ls-style text, shared by entries
+}
+
+func (b *entryBuilder) permissions(mode uint32) string {
+	if s, ok := b.perms[mode]; ok {
+		return s
+	}
+	if b.perms == nil {
+		b.perms = map[uint32]string{}
+	}
+	s := fileMode(mode).String()
+	b.perms[mode] = s
+	return s
 }
 
 // build returns the EntryInfo of p, addressed as p (a final symlink is not
@@ -35,7 +48,7 @@ func (b *entryBuilder) fromStat(p string, st *unix.Stat_t) *pb.EntryInfo {
 		Name:        filepath.Base(p),
 		Path:        p,
 		Size:        st.Size,
-		Permissions: fileMode(st.Mode).String(),
+		Permissions: b.permissions(st.Mode),
 		Owner:       b.names.UserName(st.Uid),
 		Group:       b.names.GroupName(st.Gid),
 	}

@@ -371,7 +371,13 @@ func (w *walker) dir(real, shown string, level int, top bool) error {
 	dirfd := int(dir.Fd())
 	for _, name := range names {
 		var st unix.Stat_t
-		abs := joinPath(real, name)
+		// One string for both when the path has no symlinks (the usual
+		// case): 20k entries, 20k fewer allocations.
+		shownPath := filepath.Join(shown, name) // cleaned, as e2b reports it
+		abs := shownPath
+		if real != shown {
+			abs = joinPath(real, name)
+		}
 		// Relative to the open directory: no path walk per entry.
 		if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			if errors.Is(err, unix.ENOENT) {
@@ -380,7 +386,7 @@ func (w *walker) dir(real, shown string, level int, top bool) error {
 			return connect.NewError(connect.CodeInternal, fmt.Errorf("error reading directory %s: lstat %s: %w", shown, abs, err))
 		}
 		e := w.b.fromStat(abs, &st)
-		e.Path = filepath.Join(shown, name) // cleaned, as e2b reports it
+		e.Name, e.Path = name, shownPath
 		w.out = append(w.out, e)
 		if level < w.depth && st.Mode&unix.S_IFMT == unix.S_IFDIR {
 			if err := w.dir(abs, e.Path, level+1, false); err != nil {
