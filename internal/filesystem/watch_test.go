@@ -431,3 +431,24 @@ func TestWatchDirDropsStalledClient(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+func TestWatchNetworkMounts(t *testing.T) {
+	e := newEnv(t, Options{})
+	dir := t.TempDir()
+	real := fsMagic.Load()
+	t.Cleanup(func() { fsMagic.Store(real) })
+	for _, magic := range []int64{0x6969, 0xFF534D42, 0x517B, 0xFE534D42, 0x65735546} {
+		fake := func(string) (int64, error) { return magic, nil }
+		fsMagic.Store(&fake)
+		_, err := e.client.CreateWatcher(ctx(t), req("", &pb.CreateWatcherRequest{Path: dir}))
+		wantCode(t, err, connect.CodeInvalidArgument)
+		if !strings.Contains(err.Error(), "cannot watch path on network filesystem: "+dir) {
+			t.Fatalf("message %v", err)
+		}
+		resp, err := e.client.CreateWatcher(ctx(t), req("", &pb.CreateWatcherRequest{Path: dir, AllowNetworkMounts: true}))
+		if err != nil {
+			t.Fatalf("allowed: %v", err)
+		}
+		e.client.RemoveWatcher(ctx(t), req("", &pb.RemoveWatcherRequest{WatcherId: resp.Msg.WatcherId}))
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -27,6 +28,22 @@ func keepaliveInterval(h http.Header) time.Duration {
 		secs = defaultKeepaliveSecs
 	}
 	return time.Duration(max(secs, 1)) * time.Second
+}
+
+// fsMagic returns the filesystem magic of path. Swappable (atomically, as
+// handlers read it concurrently) so tests can fake NFS/FUSE, which cannot
+// be mounted here.
+var fsMagic atomic.Pointer[func(string) (int64, error)]
+
+func init() {
+	f := func(path string) (int64, error) {
+		var fs unix.Statfs_t
+		if err := unix.Statfs(path, &fs); err != nil {
+			return 0, err
+		}
+		return int64(fs.Type), nil
+	}
+	fsMagic.Store(&f)
 }
 
 // openWatch validates the path as protocol.md §5.4 says and starts a watch.
@@ -50,11 +67,11 @@ func (s *Service) openWatch(ctx context.Context, h http.Header, path string, rec
 			return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("path %s not a directory: %w", p, unix.ENOTDIR))
 		}
 		if !allowNet {
-			var fs unix.Statfs_t
-			if err := unix.Statfs(p, &fs); err != nil {
+			fsType, err := (*fsMagic.Load())(p)
+			if err != nil {
 				return fsError(err, "error checking filesystem of %s", p)
 			}
-			if networkFS[int64(fs.Type)] {
+			if networkFS[fsType] {
 				return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("cannot watch path on network filesystem: %s", p))
 			}
 		}
