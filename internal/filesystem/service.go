@@ -267,9 +267,17 @@ func (s *Service) Remove(ctx context.Context, req *connect.Request[pb.RemoveRequ
 	if err != nil {
 		return nil, err
 	}
+	// An empty path would resolve to the workdir or home and delete it whole:
+	// never what a caller meant, so it is refused, as is the root directory.
+	if req.Msg.GetPath() == "" {
+		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("path is required"))
+	}
 	p, err := s.resolve(c, req.Msg.GetPath())
 	if err != nil {
 		return nil, err
+	}
+	if filepath.Clean(p) == "/" {
+		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("refusing to remove /"))
 	}
 	err = fsuser.Do(c.creds, func() error {
 		if err := os.RemoveAll(p); err != nil {

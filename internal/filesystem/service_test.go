@@ -392,3 +392,17 @@ func TestLegacySDK(t *testing.T) {
 		t.Fatalf("normal entry %v", full.Msg.Entry)
 	}
 }
+
+// An empty Remove path must not resolve to the workdir (or home) and delete
+// it: the workdir here is a temp dir, so a regression costs only that dir.
+func TestRemoveEmptyPathRefused(t *testing.T) {
+	e := newEnv(t, Options{})
+	work := t.TempDir()
+	os.WriteFile(filepath.Join(work, "keep"), []byte("x"), 0o644)
+	e.st.SetDefaultWorkdir(work)
+	_, err := e.client.Remove(ctx(t), req("", &pb.RemoveRequest{Path: ""}))
+	wantCode(t, err, connect.CodeInvalidArgument)
+	if _, err := os.Stat(filepath.Join(work, "keep")); err != nil {
+		t.Fatalf("workdir content gone: %v", err)
+	}
+}
