@@ -49,6 +49,7 @@ type inputQueue struct {
 	mu       sync.Mutex
 	ops      []*inputOp
 	closed   bool
+	started  bool     // run goroutine exists
 	signals  int      // signal ops queued and not yet applied
 	cur      *inputOp // write in progress
 	curFile  *os.File
@@ -56,10 +57,10 @@ type inputQueue struct {
 	finished chan struct{}
 }
 
+// newInputQueue returns an idle queue; its goroutine starts with the
+// first op (most processes never get input).
 func newInputQueue(apply func(*inputOp, *inputQueue) error) *inputQueue {
-	q := &inputQueue{apply: apply, wake: make(chan struct{}, 1), finished: make(chan struct{})}
-	go q.run()
-	return q
+	return &inputQueue{apply: apply, wake: make(chan struct{}, 1), finished: make(chan struct{})}
 }
 
 // do queues op and waits for its outcome or ctx. A queued op whose caller
@@ -72,6 +73,10 @@ func (q *inputQueue) do(op *inputOp) error {
 		return errExited
 	}
 	q.ops = append(q.ops, op)
+	if !q.started {
+		q.started = true
+		go q.run()
+	}
 	if op.kind == opSignal {
 		q.signals++
 		q.hurryLocked()
@@ -165,7 +170,11 @@ func (q *inputQueue) close() {
 	if q.cur != nil {
 		_ = q.curFile.SetWriteDeadline(time.Now())
 	}
+	started := q.started
 	q.mu.Unlock()
+	if !started {
+		return
+	}
 	select {
 	case q.wake <- struct{}{}:
 	default:
