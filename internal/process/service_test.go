@@ -5,11 +5,14 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"net"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,6 +22,7 @@ import (
 
 	"connectrpc.com/connect"
 	"golang.org/x/sys/unix"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/envd-go/envd/gen/process"
 	"github.com/envd-go/envd/gen/process/processconnect"
@@ -859,4 +863,62 @@ func TestBadInput(t *testing.T) {
 	if want := []uint32{min(pipePID, ptyPID), max(pipePID, ptyPID)}; !slices.Equal(pids, want) {
 		t.Fatalf("list %v want %v", pids, want)
 	}
+}
+
+// TestNeverReadingClient: a client that sends Start and then neither reads
+// nor closes its connection. Its handler must be freed (write deadline)
+// and the process must finish normally, leaving no goroutine behind.
+func TestNeverReadingClient(t *testing.T) {
+	checkLeaks(t)
+	h := newHarness(t, func(o *Options) { o.WriteDeadline = 500 * time.Millisecond })
+	path, sum := writeRandomFile(t, 32<<20)
+	body, err := proto.Marshal(&pb.StartRequest{Process: sh("read go; cat " + path), Tag: ptr("nr")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := net.Dial("tcp", h.srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.(*net.TCPConn).SetReadBuffer(4096)
+	env := append([]byte{0, 0, 0, 0, 0}, body...)
+	binary.BigEndian.PutUint32(env[1:5], uint32(len(body)))
+	fmt.Fprintf(conn, "POST /process.Process/Start HTTP/1.1\r\nHost: x\r\nContent-Type: application/connect+proto\r\nConnect-Protocol-Version: 1\r\nContent-Length: %d\r\n\r\n", len(env))
+	if _, err := conn.Write(env); err != nil {
+		t.Fatal(err)
+	}
+	ctx := testCtx(t)
+	var pid uint32
+	eventually(t, "process listed", func() bool {
+		resp, err := h.proto.List(ctx, connect.NewRequest(&pb.ListRequest{}))
+		if err == nil && len(resp.Msg.Processes) == 1 {
+			pid = resp.Msg.Processes[0].Pid
+		}
+		return pid != 0
+	})
+	live, err := h.proto.Connect(ctx, connect.NewRequest(&pb.ConnectRequest{Process: tagSel("nr")}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !live.Receive() {
+		t.Fatal(live.Err())
+	}
+	if _, err := h.proto.SendInput(ctx, connect.NewRequest(&pb.SendInputRequest{Process: pidSel(pid), Input: &pb.ProcessInput{Input: &pb.ProcessInput_Stdin{Stdin: []byte("go\n")}}})); err != nil {
+		t.Fatal(err)
+	}
+	r := drain(live)
+	if sha256.Sum256(r.stdout) != sum || r.end.GetStatus() != "exit status 0" {
+		t.Fatalf("other subscriber: %d bytes, end %v, err %v", len(r.stdout), r.end, r.err)
+	}
+	// checkLeaks (at cleanup) now requires the stuck handler to be gone
+	// while conn is still open: wait for it here, before conn closes.
+	eventually(t, "stuck handler freed", func() bool { return handlerGone(t) })
+}
+
+// handlerGone reports whether no goroutine is inside Service.stream.
+func handlerGone(t *testing.T) bool {
+	buf := make([]byte, 1<<20)
+	n := runtime.Stack(buf, true)
+	return !bytes.Contains(buf[:n], []byte("process.(*Service).stream"))
 }
