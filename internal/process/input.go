@@ -10,10 +10,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// signalGrace bounds how long a blocked input write may hold up a signal
-// queued behind it. The write then fails with what it managed to write, so
-// nothing is dropped silently and no signal waits forever.
-const signalGrace = 500 * time.Millisecond
+// controlGrace bounds how long blocked input writes may hold up a signal,
+// resize or close queued behind them: every write ahead of it must finish
+// within controlGrace of its arrival, or fails with an error (nothing is
+// dropped silently, and no control op waits forever).
+const controlGrace = 500 * time.Millisecond
 
 type opKind uint8
 
@@ -33,6 +34,7 @@ type inputOp struct {
 	cols, rows uint32
 	sig        unix.Signal
 	res        chan error // buffered; receives the outcome once
+	queued     time.Time  // control ops: arrival
 }
 
 // errExited fails input that reaches a process after it finished.
@@ -41,17 +43,18 @@ var errExited = errors.New("process exited")
 // inputQueue applies SendInput, StreamInput, Update, SendSignal and
 // CloseStdin of one process strictly in arrival order on one goroutine.
 // Nothing is merged or dropped. A write that blocks (the program does not
-// read) is interrupted when its caller gives up or, after signalGrace,
-// when a signal is queued behind it.
+// read) is interrupted when its caller gives up or when a control op
+// queued behind it has waited controlGrace.
 type inputQueue struct {
 	apply func(*inputOp, *inputQueue) error // runs on the queue goroutine
 
 	mu       sync.Mutex
 	ops      []*inputOp
 	closed   bool
-	started  bool     // run goroutine exists
-	signals  int      // signal ops queued and not yet applied
-	cur      *inputOp // write in progress
+	started  bool      // run goroutine exists
+	controls int       // non-write ops queued and not yet applied
+	hurryBy  time.Time // writes must end by then while controls > 0
+	cur      *inputOp  // write in progress
 	curFile  *os.File
 	wake     chan struct{}
 	finished chan struct{}
@@ -77,9 +80,15 @@ func (q *inputQueue) do(op *inputOp) error {
 		q.started = true
 		go q.run()
 	}
-	if op.kind == opSignal {
-		q.signals++
-		q.hurryLocked()
+	if op.kind != opWrite {
+		op.queued = time.Now()
+		if q.controls == 0 {
+			q.hurryBy = op.queued.Add(controlGrace)
+			if q.cur != nil {
+				_ = q.curFile.SetWriteDeadline(q.hurryBy)
+			}
+		}
+		q.controls++
 	}
 	q.mu.Unlock()
 	select {
@@ -99,13 +108,6 @@ func (q *inputQueue) do(op *inputOp) error {
 	}
 }
 
-// hurryLocked gives a running write at most signalGrace more.
-func (q *inputQueue) hurryLocked() {
-	if q.cur != nil {
-		_ = q.curFile.SetWriteDeadline(time.Now().Add(signalGrace))
-	}
-}
-
 // write is called by apply on the queue goroutine for opWrite.
 func (q *inputQueue) write(op *inputOp, f *os.File) error {
 	q.mu.Lock()
@@ -113,8 +115,8 @@ func (q *inputQueue) write(op *inputOp, f *os.File) error {
 	switch {
 	case op.ctx.Err() != nil || q.closed:
 		_ = f.SetWriteDeadline(time.Now())
-	case q.signals > 0:
-		_ = f.SetWriteDeadline(time.Now().Add(signalGrace))
+	case q.controls > 0:
+		_ = f.SetWriteDeadline(q.hurryBy)
 	}
 	q.mu.Unlock()
 	_, err := f.Write(op.data)
@@ -153,9 +155,15 @@ func (q *inputQueue) run() {
 		default:
 			err = q.apply(op, q)
 		}
-		if op.kind == opSignal {
+		if op.kind != opWrite {
 			q.mu.Lock()
-			q.signals--
+			q.controls--
+			for _, next := range q.ops { // the next control sets the pace
+				if next.kind != opWrite {
+					q.hurryBy = next.queued.Add(controlGrace)
+					break
+				}
+			}
 			q.mu.Unlock()
 		}
 		op.res <- err

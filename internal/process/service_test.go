@@ -8,15 +8,16 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
-	"net"
 	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -406,7 +407,10 @@ func TestPTYSignalAmongInputBurst(t *testing.T) {
 	st, pid := h.startStream(t, ctx, h.proto, &pb.StartRequest{Process: cfg("sleep", "1000"), Pty: &pb.PTY{Size: &pb.PTY_Size{Cols: 80, Rows: 24}}})
 
 	var wg sync.WaitGroup
-	burst := bytes.Repeat([]byte("x"), 8<<10)
+	// Complete lines: canonical mode then keeps them (no overflow discard),
+	// the input queue fills and master writes block.
+	burst := bytes.Repeat([]byte("xxxxxxx\n"), 1<<10)
+	var failed atomic.Int32
 	// A StreamInput burst and concurrent SendInputs.
 	wg.Add(1)
 	go func() {
@@ -424,7 +428,9 @@ func TestPTYSignalAmongInputBurst(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, _ = h.proto.SendInput(ctx, connect.NewRequest(&pb.SendInputRequest{Process: pidSel(pid), Input: &pb.ProcessInput{Input: &pb.ProcessInput_Pty{Pty: burst}}}))
+			if _, err := h.proto.SendInput(ctx, connect.NewRequest(&pb.SendInputRequest{Process: pidSel(pid), Input: &pb.ProcessInput{Input: &pb.ProcessInput_Pty{Pty: burst}}})); err != nil {
+				failed.Add(1)
+			}
 		}()
 	}
 	time.Sleep(300 * time.Millisecond) // let the burst block the terminal
@@ -439,6 +445,9 @@ func TestPTYSignalAmongInputBurst(t *testing.T) {
 		t.Fatalf("end %v err %v", r.end, r.err)
 	}
 	wg.Wait()
+	if failed.Load() == 0 {
+		t.Fatal("no input write was blocked: the test did not exercise the queue")
+	}
 }
 
 // TestInputOrder: resizes interleaved with input are applied in arrival
