@@ -87,6 +87,8 @@ type cycleResult struct {
 	closedPre  int
 	recoverUs  int64
 	guestAfter time.Duration // guest time from cont to recovery start (≈)
+	skewBefore time.Duration // before /init
+	initTook   time.Duration
 	execRTT    time.Duration
 	streamWait time.Duration
 }
@@ -155,7 +157,10 @@ func TestSnapshotCycles(t *testing.T) {
 			t.Fatalf("cycle %d: restore: %v", i, err)
 		}
 		res.healthy = vm.waitHealthy(60 * time.Second)
+		res.skewBefore, _ = vm.clockSkew()
+		initStart := time.Now()
 		vm.initNow()
+		res.initTook = time.Since(initStart)
 
 		bad := false
 		fail := func(format string, args ...any) {
@@ -165,7 +170,7 @@ func TestSnapshotCycles(t *testing.T) {
 		skew, rtt := vm.clockSkew()
 		res.skew = skew
 		if abs(skew) > 50*time.Millisecond+rtt/2 {
-			fail("guest clock off by %v after /init (rtt %v)", skew, rtt)
+			fail("guest clock off by %v after /init (rtt %v; %v before, /init took %v)", skew, rtt, res.skewBefore, res.initTook)
 		}
 		d := vm.debug()
 		res.fds, res.gor, res.closedPre, res.recoverUs = d.FDs, d.Goroutines, d.LastClosed, d.LastRecoverUs

@@ -72,6 +72,7 @@ func buildImage(t *testing.T) (Kernel, string) {
 type vmOpts struct {
 	sharedMem bool
 	memMB     int
+	envdArgs  []string // extra envd flags
 }
 
 type testVM struct {
@@ -96,7 +97,7 @@ func bootVM(t *testing.T, o vmOpts) (*testVM, time.Duration) {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	start := time.Now()
 	vm, err := Boot(Config{Dir: dir, Kernel: k, Initrd: initrd, MemMB: o.memMB, SharedMem: o.sharedMem,
-		MMDSAddr: strings.TrimPrefix(mmds.URL, "http://"), InitArgs: []string{"-cmd", InitCmd}})
+		MMDSAddr: strings.TrimPrefix(mmds.URL, "http://"), InitArgs: append([]string{"-cmd", InitCmd}, o.envdArgs...)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,6 +201,18 @@ func (v *testVM) debug() debugInfo {
 	return d
 }
 
+// lateTimestamp is an /init body that reads the host clock when the
+// transport starts sending it, i.e. after the connection is set up: the
+// timestamp is then stale only by the body's one-way trip.
+type lateTimestamp struct{ r io.Reader }
+
+func (l *lateTimestamp) Read(p []byte) (int, error) {
+	if l.r == nil {
+		l.r = strings.NewReader(fmt.Sprintf(`{"timestamp":%q}`, time.Now().UTC().Format(time.RFC3339Nano)))
+	}
+	return l.r.Read(p)
+}
+
 // initNow posts /init the way e2b's orchestrator does: a fresh timestamp
 // per attempt, short attempts retried every 5 ms for up to 10 s, then one
 // patient attempt. e2b uses 50 ms attempts; here the MMDS stand-in the
@@ -213,8 +226,7 @@ func (v *testVM) initNow() {
 	attempt := func(timeout time.Duration) (int, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
-		body := fmt.Sprintf(`{"timestamp":%q}`, time.Now().UTC().Format(time.RFC3339Nano))
-		req, _ := http.NewRequestWithContext(ctx, "POST", v.URL()+"/init", strings.NewReader(body))
+		req, _ := http.NewRequestWithContext(ctx, "POST", v.URL()+"/init", &lateTimestamp{})
 		resp, err := c.Do(req)
 		if err != nil {
 			return 0, err

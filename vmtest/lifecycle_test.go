@@ -183,7 +183,7 @@ func TestVanishedClient(t *testing.T) {
 // process and powers the VM off (PID 1 must never just exit: the kernel
 // would panic).
 func TestShutdown(t *testing.T) {
-	vm, _ := bootVM(t, vmOpts{sharedMem: true})
+	vm, _ := bootVM(t, vmOpts{sharedMem: true, envdArgs: []string{"-verbose"}}) // logs on the console if it fails
 	r := vm.newRPC()
 	sub, err := r.startStream(t, "sleeper", "trap '' TERM; echo ready; sleep 600")
 	if err != nil {
