@@ -2,12 +2,17 @@ package bench
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"encoding/base64"
+	"encoding/binary"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -16,6 +21,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	pb "github.com/envd-go/envd/gen/process"
 	"github.com/envd-go/envd/gen/process/processconnect"
@@ -39,6 +45,12 @@ func init() {
 
 // procChild serves until stdin closes; it prints its address first.
 func procChild(mode string) int {
+	if path := os.Getenv("ENVD_BENCH_PROCESS_CPUPROFILE"); path != "" {
+		if f, err := os.Create(path); err == nil {
+			_ = pprof.StartCPUProfile(f)
+			defer pprof.StopCPUProfile()
+		}
+	}
 	st := state.New()
 	reaper := pid1.NewReaper(false)
 	defer reaper.Close()
@@ -62,6 +74,8 @@ func procChild(mode string) int {
 
 type procServer struct {
 	pid   int
+	url   string
+	hc    *http.Client
 	json  processconnect.ProcessClient
 	proto processconnect.ProcessClient
 }
@@ -95,6 +109,8 @@ func startProcServer(b *testing.B, mode string) *procServer {
 	noGzip := connect.WithAcceptCompression("gzip", nil, nil) // as the SDK
 	return &procServer{
 		pid:   cmd.Process.Pid,
+		url:   url,
+		hc:    hc,
 		json:  processconnect.NewProcessClient(hc, url, connect.WithProtoJSON(), noGzip),
 		proto: processconnect.NewProcessClient(hc, url, noGzip),
 	}
@@ -172,6 +188,86 @@ func BenchmarkProcessStreamJSON(b *testing.B) {
 		c0 := procCPU(b, srv.pid)
 		t0 := time.Now()
 		if n := runToEnd(b, srv.json, msg); n != size {
+			b.Fatalf("got %d bytes", n)
+		}
+		wall += time.Since(t0)
+		cpu += procCPU(b, srv.pid) - c0
+		total += size
+	}
+	mib := float64(total) / (1 << 20)
+	b.ReportMetric(mib/wall.Seconds(), "MiB/s")
+	b.ReportMetric(ms(cpu)/mib, "server-cpu-ms/MiB")
+	b.ReportMetric(0, "ns/op")
+}
+
+// lightStream runs msg with the Connect JSON protocol over plain HTTP and
+// decodes only what a client must (envelopes, base64), so the server is
+// what limits the rate. It returns the stdout bytes.
+func lightStream(b *testing.B, srv *procServer, msg *pb.StartRequest) int {
+	body, err := protojson.Marshal(msg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	env := make([]byte, 5, 5+len(body))
+	binary.BigEndian.PutUint32(env[1:], uint32(len(body)))
+	req, _ := http.NewRequest("POST", srv.url+"/process.Process/Start", bytes.NewReader(append(env, body...)))
+	req.Header.Set("Content-Type", "application/connect+json")
+	req.Header.Set("Connect-Protocol-Version", "1")
+	res, err := srv.hc.Do(req)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer res.Body.Close()
+	r := bufio.NewReaderSize(res.Body, 1<<20)
+	var hdr [5]byte
+	var payload, out []byte
+	prefix := []byte(`"stdout":"`)
+	n := 0
+	for {
+		if _, err := io.ReadFull(r, hdr[:]); err != nil {
+			b.Fatalf("read envelope: %v", err)
+		}
+		size := int(binary.BigEndian.Uint32(hdr[1:]))
+		if cap(payload) < size {
+			payload = make([]byte, size)
+		}
+		payload = payload[:size]
+		if _, err := io.ReadFull(r, payload); err != nil {
+			b.Fatal(err)
+		}
+		if hdr[0]&2 != 0 {
+			if !bytes.Equal(payload, []byte("{}")) {
+				b.Fatalf("stream error: %s", payload)
+			}
+			return n
+		}
+		if i := bytes.Index(payload, prefix); i >= 0 {
+			enc := payload[i+len(prefix):]
+			enc = enc[:bytes.IndexByte(enc, '"')]
+			if cap(out) < base64.StdEncoding.DecodedLen(len(enc)) {
+				out = make([]byte, base64.StdEncoding.DecodedLen(len(enc)))
+			}
+			m, err := base64.StdEncoding.Decode(out[:cap(out)], enc)
+			if err != nil {
+				b.Fatal(err)
+			}
+			n += m
+		}
+	}
+}
+
+// BenchmarkProcessStreamLight is BenchmarkProcessStreamJSON with the
+// light client: the server's own JSON streaming rate.
+func BenchmarkProcessStreamLight(b *testing.B) {
+	srv := startProcServer(b, "direct")
+	const size = 200 << 20
+	msg := &pb.StartRequest{Process: &pb.ProcessConfig{Cmd: "head", Args: []string{"-c", strconv.Itoa(size), "/dev/zero"}}, Stdin: proto(false)}
+	var total int64
+	var wall, cpu time.Duration
+	for b.Loop() {
+		c0 := procCPU(b, srv.pid)
+		t0 := time.Now()
+		if n := lightStream(b, srv, msg); n != size {
 			b.Fatalf("got %d bytes", n)
 		}
 		wall += time.Since(t0)

@@ -22,6 +22,9 @@ import (
 const (
 	pipeChunk = 32 << 10
 	ptyChunk  = 16 << 10
+
+	pipeRead = 128 << 10 // one read of a pipe
+	pipeSize = 256 << 10 // F_SETPIPE_SZ for output pipes (default 64 KiB)
 )
 
 // drainAfterStop is how long output is still read after a SIGKILL/SIGTERM
@@ -84,9 +87,11 @@ func (p *proc) read(f *os.File, kind outKind) {
 	if kind != outPTY {
 		defer f.Close() // the master is closed by wait, after input stops
 	}
-	size := pipeChunk
+	// Pipes are read in large gulps (fewer wake-ups and syscalls) and cut
+	// into events of at most pipeChunk.
+	size, chunkMax := pipeRead, pipeChunk
 	if kind == outPTY {
-		size = ptyChunk
+		size, chunkMax = ptyChunk, ptyChunk
 	}
 	var timer *time.Timer
 	defer func() {
@@ -99,12 +104,16 @@ func (p *proc) read(f *os.File, kind outKind) {
 		n, err := f.Read(buf)
 		if n > 0 && p.out.has() {
 			var data []byte
-			if n < size/4 {
+			if n < size/8 {
 				data = append([]byte(nil), buf[:n]...) // keep the big buffer
 			} else {
 				data, buf = buf[:n], make([]byte, size)
 			}
-			p.out.publish(chunk{kind: kind, data: data}, &timer)
+			for len(data) > 0 {
+				c := data[:min(len(data), chunkMax):min(len(data), chunkMax)]
+				data = data[len(c):]
+				p.out.publish(chunk{kind: kind, data: c}, &timer)
+			}
 		}
 		if err != nil {
 			// EOF, EIO (PTY slave side closed) and the drain deadline all

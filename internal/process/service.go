@@ -288,6 +288,9 @@ func (s *Service) start(msg *pb.StartRequest, u *users.User, lifetime time.Durat
 		}
 		childFiles, readFiles = append(childFiles, errW), append(readFiles, errR)
 		readKinds = []outKind{outStdout, outStderr}
+		for _, f := range readFiles {
+			setPipeSize(f, pipeSize)
+		}
 		// Fd switches the child's ends to blocking mode, as programs expect.
 		spec.files = []uintptr{stdin.Fd(), outW.Fd(), errW.Fd()}
 		spec.sys.Setpgid = true

@@ -333,4 +333,11 @@ func setWinsize(master *os.File, cols, rows uint32) error {
 	return ioErr
 }
 
+// setPipeSize enlarges a pipe's buffer, best effort (limits may refuse).
+func setPipeSize(f *os.File, size int) {
+	if rc, err := f.SyscallConn(); err == nil {
+		_ = rc.Control(func(fd uintptr) { _, _ = unix.FcntlInt(fd, unix.F_SETPIPE_SZ, size) })
+	}
+}
+
 var errNoStdin = errors.New("stdin not enabled or closed")
