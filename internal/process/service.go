@@ -339,6 +339,9 @@ func (s *Service) stream(ctx context.Context, p *proc, sub *subscriber, keepaliv
 		return connect.NewError(connect.CodeUnknown, fmt.Errorf("send start event: %w", err))
 	}
 	sendEnd := func() error {
+		// The end event and connect's end-of-stream leave in one write:
+		// net/http flushes when the handler returns.
+		_ = writectl.Hold(ctx)
 		if err := send(&pb.ProcessEvent{Event: &pb.ProcessEvent_End{End: p.end}}); err != nil {
 			return connect.NewError(connect.CodeUnknown, fmt.Errorf("send end event: %w", err))
 		}
