@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"os/signal"
 	"strconv"
 	"strings"
 	"syscall"
@@ -85,11 +86,28 @@ func New(opts Options) *Service {
 	if opts.Retention <= 0 {
 		opts.Retention = DefaultRetention
 	}
+	unignoreSignals()
 	return &Service{
 		opts:  opts,
 		log:   opts.Logger.With("logger", "process"),
 		table: newTable(opts.Retention),
 		spawn: newSpawner(opts.ShellWrapper),
+	}
+}
+
+// unignoreSignals makes signals that envd inherited as ignored (e.g.
+// SIGINT/SIGQUIT from a background launch by a shell) reach children with
+// their default action: exec keeps SIG_IGN but resets handlers. envd
+// itself still ignores them: the channel is never read and Notify drops.
+func unignoreSignals() {
+	var sigs []os.Signal
+	for sig := unix.Signal(1); sig < 32; sig++ {
+		if sig != unix.SIGKILL && sig != unix.SIGSTOP && signal.Ignored(sig) {
+			sigs = append(sigs, sig)
+		}
+	}
+	if len(sigs) > 0 {
+		signal.Notify(make(chan os.Signal, 1), sigs...)
 	}
 }
 

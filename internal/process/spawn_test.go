@@ -3,12 +3,15 @@ package process
 import (
 	"os"
 	"os/exec"
+	"os/signal"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	pb "github.com/envd-go/envd/gen/process"
 	"github.com/envd-go/envd/internal/pid1"
 	"github.com/envd-go/envd/internal/users"
 )
@@ -165,4 +168,31 @@ func BenchmarkSpawn(b *testing.B) {
 	b.ReportMetric(p50(dir), "direct-p50-ms")
 	b.ReportMetric(p50(sh), "shell-p50-ms")
 	b.ReportMetric(0, "ns/op")
+}
+
+// TestIgnoredSignalsReset: a signal envd inherited as ignored reaches the
+// children with its default disposition. Run in a child test binary that
+// starts with SIGINT and SIGPIPE ignored.
+func TestIgnoredSignalsReset(t *testing.T) {
+	if os.Getenv("ENVD_TEST_IGNORED_CHILD") == "1" {
+		if !signal.Ignored(syscall.SIGINT) {
+			t.Fatal("child did not start with SIGINT ignored")
+		}
+		h := newHarness(t, nil)
+		r := h.run(t, h.proto, &pb.StartRequest{Process: sh("grep SigIgn /proc/self/status")})
+		mask, err := strconv.ParseUint(strings.Fields(string(r.stdout))[1], 16, 64)
+		if err != nil {
+			t.Fatalf("parse %q: %v", r.stdout, err)
+		}
+		if mask&(1<<(syscall.SIGINT-1)) != 0 || mask&(1<<(syscall.SIGPIPE-1)) != 0 {
+			t.Fatalf("child SigIgn %x", mask)
+		}
+		return
+	}
+	// A shell launching us in the background with SIGINT/SIGPIPE ignored.
+	cmd := exec.Command("/bin/sh", "-c", `trap "" INT PIPE; exec "$0" -test.run '^TestIgnoredSignalsReset$' -test.count=1`, os.Args[0])
+	cmd.Env = append(os.Environ(), "ENVD_TEST_IGNORED_CHILD=1")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("child: %v\n%s", err, out)
+	}
 }
