@@ -4,10 +4,12 @@
 package server
 
 import (
+	"compress/gzip"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -88,7 +90,16 @@ func Handler(d Deps) http.Handler {
 		writeJSON(w, d.State.Env())
 	})
 
-	opts := []connect.HandlerOption{connect.WithInterceptors(auth.UserInterceptor(d.State))}
+	opts := []connect.HandlerOption{
+		connect.WithInterceptors(auth.UserInterceptor(d.State)),
+		// Host agents (connect-go) advertise gzip on every call. Default-level
+		// gzip of bulk process output costs far more CPU than it saves on a
+		// VM-local link, so compress at BestSpeed and skip tiny messages.
+		connect.WithCompression("gzip",
+			func() connect.Decompressor { return &gzip.Reader{} },
+			func() connect.Compressor { w, _ := gzip.NewWriterLevel(io.Discard, gzip.BestSpeed); return w }),
+		connect.WithCompressMinBytes(1024),
+	}
 	if d.Process != nil {
 		// process.HandlerOptions: the fast JSON codec for output chunks;
 		// writectl: per-send write deadlines and batched flushes.
