@@ -6,6 +6,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"connectrpc.com/connect"
+
+	pb "github.com/envd-go/envd/gen/process"
 )
 
 // TestPauseResume: stop, 10 s, cont in the same QEMU. Connections
@@ -201,5 +205,50 @@ func TestShutdown(t *testing.T) {
 	}
 	if strings.Contains(vm.Console(), "Kernel panic") {
 		t.Errorf("kernel panic on shutdown:\n%s", lastLines(vm.Console(), 30))
+	}
+}
+
+// TestStalledSubscriber: a subscriber that stops reading (a client frozen
+// or lost without a FIN) must not hold up output for another one, and
+// envd must cut its connection by itself (per-subscriber queue deadline,
+// server write deadline).
+func TestStalledSubscriber(t *testing.T) {
+	vm, _ := bootVM(t, vmOpts{sharedMem: true})
+	r := vm.newRPC()
+	if _, err := r.startStream(t, "flood", floodScript); err != nil {
+		t.Fatal(err)
+	}
+	base := len(vm.debug().Conns)
+	// Never read: the stream's TCP buffers fill and envd's writes block.
+	stalled := vm.newRPC()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	req := connect.NewRequest(&pb.ConnectRequest{Process: &pb.ProcessSelector{Selector: &pb.ProcessSelector_Tag{Tag: "flood"}}})
+	if _, err := stalled.proc.Connect(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	reader, err := vm.newRPC().connectStream(t, "flood")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stalledAt := time.Now()
+	// The reading subscriber gets output in every 2 s window for 10 s.
+	for i := 0; i < 5; i++ {
+		if err := reader.waitFor("\n", 2*time.Second); err != nil {
+			t.Fatalf("reader starved after %d s: %v", 2*i, err)
+		}
+		time.Sleep(1500 * time.Millisecond)
+	}
+	// envd drops the stalled connection within its deadlines.
+	deadline := time.Now().Add(120 * time.Second)
+	for {
+		if n := len(vm.debug().Conns); n <= base+1 { // the reader's remains
+			t.Logf("stalled subscriber cut %v after it stopped reading", time.Since(stalledAt).Round(time.Second))
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stalled subscriber still connected after 120 s: %+v", vm.debug().Conns)
+		}
+		time.Sleep(time.Second)
 	}
 }
