@@ -1,7 +1,6 @@
 package process
 
 import (
-	"encoding/base64"
 	"errors"
 	"fmt"
 
@@ -51,7 +50,7 @@ func (jsonCodec) MarshalAppend(dst []byte, m any) ([]byte, error) {
 			dst = append(dst, `{"event":{"data":{"`...)
 			dst = append(dst, key...)
 			dst = append(dst, `":"`...)
-			dst = base64.StdEncoding.AppendEncode(dst, data)
+			dst = appendBase64(dst, data)
 			return append(dst, `"}}}`...), nil
 		}
 	}
