@@ -17,9 +17,15 @@ const (
 )
 
 // ClockNeedsStep reports whether a clock reading now should be set to
-// target.
-func ClockNeedsStep(now, target time.Time) bool {
+// target. The first timestamp since boot is applied when it is off by more
+// than MaxClockBehind either way: until then the guest clock came from the
+// RTC (one-second resolution), a worse source than a slightly late host
+// timestamp. After that, e2b's asymmetric bounds apply.
+func ClockNeedsStep(now, target time.Time, first bool) bool {
 	d := target.Sub(now)
+	if first {
+		return d > MaxClockBehind || -d > MaxClockBehind
+	}
 	return d > MaxClockBehind || -d > MaxClockAhead
 }
 
@@ -42,9 +48,9 @@ type Clock struct {
 var SystemClock = Clock{Now: time.Now, Set: SetRealtime}
 
 // SyncTo steps the clock to target when ClockNeedsStep says so, and
-// reports whether it did.
-func (c Clock) SyncTo(target time.Time) (bool, error) {
-	if !ClockNeedsStep(c.Now(), target) {
+// reports whether it did. first is true until a timestamp was applied.
+func (c Clock) SyncTo(target time.Time, first bool) (bool, error) {
+	if !ClockNeedsStep(c.Now(), target, first) {
 		return false, nil
 	}
 	return true, c.Set(target)

@@ -69,6 +69,7 @@ type Init struct {
 	hosts hostsWriter
 
 	lastTS      int64 // UnixNano of the newest applied timestamp; guarded by lock
+	clockSynced bool  // a timestamp has been applied to the clock; guarded by lock
 	initialized atomic.Bool
 }
 
@@ -254,10 +255,14 @@ func (i *Init) apply(ctx context.Context, req *initRequest) (int, string) {
 	if req.Timestamp != nil {
 		// The timestamp was the host's time when the request arrived; the
 		// lock wait, the MMDS token check and restore recovery ran since.
-		if stepped, err := i.opts.Clock.SyncTo(req.Timestamp.Add(time.Since(req.arrived))); err != nil {
+		stepped, err := i.opts.Clock.SyncTo(req.Timestamp.Add(time.Since(req.arrived)), !i.clockSynced)
+		if err != nil {
 			i.log.Error("init: set clock", "error", err)
-		} else if stepped {
-			i.log.Info("init: clock stepped to host time")
+		} else {
+			i.clockSynced = true
+			if stepped {
+				i.log.Info("init: clock stepped to host time")
+			}
 		}
 	}
 	if req.EnvVars != nil {

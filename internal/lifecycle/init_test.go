@@ -568,3 +568,29 @@ func TestInitHashCompareIsConstantTime(t *testing.T) {
 		t.Fatal("token hash comparison is not crypto/subtle.ConstantTimeCompare")
 	}
 }
+
+// The first timestamp since boot corrects a guest clock that is ahead (the
+// RTC gives whole seconds); later ones tolerate up to 5 s ahead, so a late
+// timestamp never moves a synced clock backwards.
+func TestInitFirstSyncStepsAheadClock(t *testing.T) {
+	e := newInitEnv(t, notFC)
+	base := e.clock.clock().Now()
+	first := base.Add(-800 * time.Millisecond).UTC().Format(time.RFC3339Nano)
+	if s, _, _ := e.post(`{"timestamp":"` + first + `"}`); s != 204 {
+		t.Fatal(s)
+	}
+	sets := e.clock.sets()
+	if len(sets) != 1 || sets[0].After(base.Add(-700*time.Millisecond)) {
+		t.Fatalf("first sync with the guest 800 ms ahead: sets %v", sets)
+	}
+	// Guest drifts 3 s ahead of the last timestamp: tolerated now.
+	e.clock.mu.Lock()
+	e.clock.now = e.clock.now.Add(3 * time.Second)
+	e.clock.mu.Unlock()
+	if s, _, _ := e.post(`{"timestamp":"` + first + `"}`); s != 204 {
+		t.Fatal(s)
+	}
+	if n := len(e.clock.sets()); n != 1 {
+		t.Fatalf("a synced clock 3 s ahead was stepped back (%d sets)", n)
+	}
+}
