@@ -203,9 +203,13 @@ func runCycles(t *testing.T, n int, sharedMem bool) {
 		if d.PreSnapshotOpen != 0 {
 			fail("%d pre-snapshot connections still open: %+v", d.PreSnapshotOpen, d.Conns)
 		}
-		// At least the subscriber and the watch (prepare itself closed the
-		// idle connection when it turned keep-alives off).
-		if d.LastClosed < 2 {
+		// At least the watch stream: it is silent, so only envd's recovery
+		// can end it (prepare itself closed the idle connection when it
+		// turned keep-alives off). The streaming subscriber is usually
+		// closed by recovery too, but slirp resets a connection the guest
+		// writes to ~0.5 s after cont, which can come first on a slow
+		// restore; PreSnapshotOpen == 0 above covers it either way.
+		if d.LastClosed < 1 {
 			fail("restore closed only %d pre-snapshot connections", d.LastClosed)
 		}
 		if d.Pending {
