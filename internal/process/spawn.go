@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"syscall"
 
+	"github.com/creack/pty"
 	"golang.org/x/sys/unix"
 
 	"github.com/envd-go/envd/internal/users"
@@ -287,32 +288,32 @@ func credential(u *users.User) *syscall.Credential {
 	return &syscall.Credential{Uid: u.UID, Gid: u.GID, Groups: slices.Clone(u.Groups)}
 }
 
-// openPTY opens a master (non-blocking, so reads and writes take
-// deadlines) and its slave (a raw fd for the child).
+// openPTY opens a pty pair with creack/pty and returns the master as a
+// non-blocking file (reads and writes go through the poller and take
+// deadlines) and the slave as a raw fd for the child.
 func openPTY(cols, rows uint32) (*os.File, int, error) {
-	mfd, err := unix.Open("/dev/ptmx", unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	ptmx, tty, err := pty.Open()
 	if err != nil {
-		return nil, -1, fmt.Errorf("open /dev/ptmx: %w", err)
+		return nil, -1, fmt.Errorf("open pty: %w", err)
 	}
-	fail := func(err error) (*os.File, int, error) {
+	// creack hands out blocking *os.Files; keep close-on-exec dups instead.
+	defer ptmx.Close()
+	defer tty.Close()
+	if err := pty.Setsize(ptmx, &pty.Winsize{Rows: uint16(rows), Cols: uint16(cols)}); err != nil {
+		return nil, -1, fmt.Errorf("set pty size: %w", err)
+	}
+	mfd, err := unix.FcntlInt(ptmx.Fd(), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, -1, fmt.Errorf("dup pty master: %w", err)
+	}
+	if err := unix.SetNonblock(mfd, true); err != nil {
 		unix.Close(mfd)
-		return nil, -1, err
+		return nil, -1, fmt.Errorf("pty master non-blocking: %w", err)
 	}
-	if err := unix.IoctlSetPointerInt(mfd, unix.TIOCSPTLCK, 0); err != nil {
-		return fail(fmt.Errorf("unlock pty: %w", err))
-	}
-	n, err := unix.IoctlGetUint32(mfd, unix.TIOCGPTN)
+	sfd, err := unix.FcntlInt(tty.Fd(), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
-		return fail(fmt.Errorf("pty number: %w", err))
-	}
-	sfd, err := unix.Open("/dev/pts/"+strconv.FormatUint(uint64(n), 10), unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fail(fmt.Errorf("open pty slave: %w", err))
-	}
-	ws := &unix.Winsize{Row: uint16(rows), Col: uint16(cols)}
-	if err := unix.IoctlSetWinsize(mfd, unix.TIOCSWINSZ, ws); err != nil {
-		unix.Close(sfd)
-		return fail(fmt.Errorf("set pty size: %w", err))
+		unix.Close(mfd)
+		return nil, -1, fmt.Errorf("dup pty slave: %w", err)
 	}
 	return os.NewFile(uintptr(mfd), "ptmx"), sfd, nil
 }
